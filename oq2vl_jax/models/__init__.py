@@ -1,0 +1,1 @@
+"""Pure Flax NNX models. Knows nothing of files, data loading, optimizers or checkpoints."""

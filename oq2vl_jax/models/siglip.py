@@ -1,0 +1,82 @@
+"""SigLIP vision tower (timm `vit_so400m_patch14_siglip_384` / HF `SiglipVisionModel`), features only.
+
+Returns the output of block `feature_layer` (default the second-to-last) with no final LayerNorm and no pooling
+head, as the reference uses. Blocks after it are not built, so they cost neither memory nor FLOPs.
+Blocks are stacked along a leading "layers" axis and run with `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from oq2vl_jax.models import layers
+from oq2vl_jax.models.attention import attention
+from oq2vl_jax.models.presets import ModelOptions, SiglipConfig
+
+
+class SiglipBlock(nnx.Module):
+    def __init__(self, cfg: SiglipConfig, opts: ModelOptions, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(opts.compute_dtype)
+        d = cfg.width
+        self.norm1 = layers.LayerNorm(d, eps=cfg.layer_norm_eps, rngs=rngs)
+        self.q = layers.Dense(d, d, axes=("vision_embed", "vision_heads"), dtype=dtype, rngs=rngs)
+        self.k = layers.Dense(d, d, axes=("vision_embed", "vision_heads"), dtype=dtype, rngs=rngs)
+        self.v = layers.Dense(d, d, axes=("vision_embed", "vision_heads"), dtype=dtype, rngs=rngs)
+        self.out = layers.Dense(d, d, axes=("vision_heads", "vision_embed"), dtype=dtype, rngs=rngs)
+        self.norm2 = layers.LayerNorm(d, eps=cfg.layer_norm_eps, rngs=rngs)
+        self.fc1 = layers.Dense(d, cfg.mlp_dim, axes=("vision_embed", "vision_mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = layers.Dense(cfg.mlp_dim, d, axes=("vision_mlp", "vision_embed"), dtype=dtype, rngs=rngs)
+        self.num_heads, self.head_dim, self.act = cfg.num_heads, cfg.head_dim, cfg.hidden_act
+        self.backend, self.splash_interpret = opts.attention, opts.splash_interpret
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, t, _ = x.shape
+        h = self.norm1(x)
+        split = lambda y: y.reshape(n, t, self.num_heads, self.head_dim)
+        a = attention(split(self.q(h)), split(self.k(h)), split(self.v(h)), None, causal=False,
+                      backend=self.backend, splash_interpret=self.splash_interpret)
+        x = x + self.out(a.reshape(n, t, -1))
+        return x + self.fc2(layers.gelu(self.fc1(self.norm2(x)), self.act))
+
+
+class SiglipTower(nnx.Module):
+    def __init__(self, cfg: SiglipConfig, opts: ModelOptions, *, rngs: nnx.Rngs):
+        cfg.validate()
+        self.cfg, self.dtype = cfg, jnp.dtype(opts.compute_dtype)
+        p, d = cfg.patch_size, cfg.width
+        # Patch embedding as a stride-p convolution, kernel in HWIO layout [p, p, 3, width].
+        self.patch_kernel = nnx.Param(nnx.with_metadata(nnx.initializers.lecun_normal(in_axis=(0, 1, 2)),
+                                                        logical_axes=(None, None, None, "vision_embed"))(
+            rngs.params(), (p, p, 3, d), jnp.float32))
+        self.patch_bias = nnx.Param(nnx.with_metadata(nnx.initializers.zeros_init(), logical_axes=("vision_embed",))(
+            rngs.params(), (d,), jnp.float32))
+        self.pos_embed = nnx.Param(nnx.with_metadata(nnx.initializers.normal(0.02),
+                                                     logical_axes=(None, "vision_embed"))(
+            rngs.params(), (cfg.num_patches, d), jnp.float32))
+
+        @nnx.split_rngs(splits=cfg.num_blocks_run)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def make_blocks(rngs):
+            return SiglipBlock(cfg, opts, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        """pixels [N, H, W, 3] normalised to [-1, 1] -> features [N, num_patches, width]."""
+        cfg = self.cfg
+        n, g, p = pixels.shape[0], cfg.grid, cfg.patch_size
+        x = pixels[:, : g * p, : g * p, :].astype(self.dtype)  # the conv never sees the last H % p rows/cols
+        x = x.reshape(n, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, p * p * 3)
+        kernel = self.patch_kernel[...].reshape(p * p * 3, cfg.width).astype(self.dtype)
+        x = jnp.dot(x, kernel) + self.patch_bias[...].astype(self.dtype)
+        x = x + self.pos_embed[...].astype(self.dtype)[None]
+
+        graphdef, state = nnx.split(self.blocks)
+
+        def body(h, block_state):
+            return nnx.merge(graphdef, block_state)(h), None
+
+        x, _ = jax.lax.scan(body, x, state)
+        return x
