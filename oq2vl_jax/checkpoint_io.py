@@ -1,0 +1,103 @@
+"""The on-disk layout of oq2vl_jax checkpoints, shared by the converter (params only, step 0) and the trainer.
+
+  CKPT/                      an Orbax CheckpointManager directory
+    <step>/params            parameter tree (StandardSave; sharded arrays restore onto any mesh)
+    <step>/meta              JSON: {"format": "oq2vl_jax", "version": 1, "model_config": VLMConfig.to_dict(), ...}
+    <step>/<other items>     trainer-only items (optimizer state, data iterator state, rng)
+    tokenizer/               HF tokenizer directory, with the reference's added tokens
+
+Orbax writes each step into a temporary directory and renames it when complete, so a checkpoint interrupted
+mid-write is never listed as a step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from oq2vl_jax.errors import UserError
+from oq2vl_jax.models.presets import VLMConfig
+
+FORMAT = "oq2vl_jax"
+VERSION = 1
+TOKENIZER_DIR = "tokenizer"
+
+
+def manager(directory: str, *, max_to_keep: int | None = None, async_save: bool = True,
+            item_names: tuple[str, ...] = ("params", "meta")) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                           create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=item_names)
+
+
+def make_meta(config: VLMConfig, **extra: Any) -> dict:
+    return {"format": FORMAT, "version": VERSION, "model_config": config.to_dict(), **extra}
+
+
+def copy_tokenizer(src_dir: str, ckpt_dir: str) -> str:
+    dst = os.path.join(ckpt_dir, TOKENIZER_DIR)
+    if os.path.abspath(src_dir) != os.path.abspath(dst):
+        shutil.copytree(src_dir, dst, dirs_exist_ok=True)
+    return dst
+
+
+def save_params(ckpt_dir: str, params: dict, config: VLMConfig, *, step: int = 0, tokenizer_dir: str | None = None,
+                **meta: Any) -> str:
+    """Writes a params-only checkpoint (what `convert import` produces) and waits for it to land."""
+    with manager(ckpt_dir, async_save=False) as mngr:
+        mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                meta=ocp.args.JsonSave(make_meta(config, **meta))))
+        mngr.wait_until_finished()
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, ckpt_dir)
+    return os.path.join(os.path.abspath(ckpt_dir), str(step))
+
+
+def resolve_step(ckpt_dir: str, step: int | None = None) -> int:
+    if not os.path.isdir(ckpt_dir):
+        raise UserError(f"checkpoint directory '{ckpt_dir}' does not exist")
+    with manager(ckpt_dir, async_save=False) as mngr:
+        steps = mngr.all_steps()
+    if not steps:
+        raise UserError(f"'{ckpt_dir}' holds no finished oq2vl_jax checkpoint (no step directories)")
+    if step is None:
+        return max(steps)
+    if step not in steps:
+        raise UserError(f"step {step} is not in '{ckpt_dir}' (available: {sorted(steps)})")
+    return step
+
+
+def load_meta(ckpt_dir: str, step: int | None = None) -> tuple[int, dict]:
+    step = resolve_step(ckpt_dir, step)
+    with manager(ckpt_dir, async_save=False) as mngr:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if meta.get("format") != FORMAT:
+        raise UserError(f"'{ckpt_dir}' step {step} is not an oq2vl_jax checkpoint (meta format {meta.get('format')})")
+    return step, meta
+
+
+def load_params(ckpt_dir: str, step: int | None = None, abstract_params: Any = None) -> tuple[VLMConfig, dict, dict]:
+    """Returns (model config, params tree, meta). `abstract_params` (ShapeDtypeStructs with shardings) restores
+    straight onto a mesh; without it arrays come back as host numpy arrays."""
+    step, meta = load_meta(ckpt_dir, step)
+    config = VLMConfig.from_dict(meta["model_config"])
+    with manager(ckpt_dir, async_save=False) as mngr:
+        if abstract_params is None:
+            metadata = mngr.item_metadata(step)["params"]
+            abstract_params = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_host_sharding()), metadata)
+        params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))["params"]
+    return config, params, meta
+
+
+def _host_sharding():
+    return jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+
+
+def tokenizer_path(ckpt_dir: str) -> str | None:
+    path = os.path.join(ckpt_dir, TOKENIZER_DIR)
+    return path if os.path.isdir(path) else None
