@@ -1,0 +1,104 @@
+"""Image bytes -> uint8 [S, S, 3], exactly as the reference preprocesses them (REFERENCE.md §1.3).
+
+Default ("squash"): `Image.open(bytes).convert("RGB").resize((S, S), Image.BICUBIC)`, the reference's resize-naive
+transform before ToTensor/Normalize (normalisation happens on device). "pad" keeps the aspect ratio: bicubic resize of
+the longer side to S, centred on a mid-grey square (the LLaVA `expand2square` fill).
+
+Bad images raise `BadImage(reason)` with a reason from `stats.SKIP_REASONS`; the caller counts and skips them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from oq2vl_jax.errors import UserError
+
+# Sane ceiling for decoded pixels (~8k x 8k; 192 MiB as RGB); PIL's own default warns at 89M and fails at 179M.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MIN_IMAGE_SIDE = 2  # the reference drops images whose width or height is 1
+PAD_FILL = (127, 127, 127)  # int(0.5 * 255): mean colour of the SigLIP normalisation, ~0 after it
+RESIZE_MODES = ("squash", "pad")
+
+
+class BadImage(Exception):
+    """An image that cannot be used; `reason` is one of stats.SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise BadImage("image_too_large", str(e)) from e
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError, ...
+        raise BadImage("image_corrupt", f"{type(e).__name__}: {e}") from e
+    width, height = img.size
+    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+        raise BadImage("image_too_small", f"{width}x{height}")
+    if max_pixels and width * height > max_pixels:
+        raise BadImage("image_too_large", f"{width}x{height} > {max_pixels} pixels")
+    return img
+
+
+def probe_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """Cheap header check (no pixel decode): returns (width, height) or raises BadImage."""
+    if not data:
+        raise BadImage("image_corrupt", "empty image bytes")
+    return _open(data, max_pixels).size
+
+
+def to_rgb(img: Image.Image) -> tuple[Image.Image, bool]:
+    """Converts to RGB; returns (image, repaired) where repaired means the mode was not RGB.
+
+    16-bit and 32-bit greyscale are scaled to 8 bits first: PIL's own convert("RGB") clips them at 255, which turns
+    most 16-bit images white.
+    """
+    if img.mode == "RGB":
+        return img, False
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = np.clip(arr.astype(np.int64), 0, 65535) >> 8
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB"), True
+
+
+def resize(img: Image.Image, image_size: int, resize_mode: str = "squash") -> Image.Image:
+    if resize_mode == "squash":
+        return img.resize((image_size, image_size), Image.BICUBIC)
+    if resize_mode == "pad":
+        width, height = img.size
+        scale = image_size / max(width, height)
+        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        canvas = Image.new("RGB", (image_size, image_size), PAD_FILL)
+        canvas.paste(img.resize(new_size, Image.BICUBIC),
+                     ((image_size - new_size[0]) // 2, (image_size - new_size[1]) // 2))
+        return canvas
+    raise UserError(f"data.resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+
+
+def load_image(data: bytes, image_size: int, resize_mode: str = "squash",
+               max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, bool]:
+    """Decodes, converts to RGB and resizes; returns (uint8 [S, S, 3], mode_repaired). Raises BadImage."""
+    if not data:
+        raise BadImage("image_corrupt", "empty image bytes")
+    img = _open(data, max_pixels)
+    try:
+        img.load()
+        img, repaired = to_rgb(img)
+        out = np.asarray(resize(img, image_size, resize_mode), dtype=np.uint8)
+    except (Image.DecompressionBombError, MemoryError) as e:
+        raise BadImage("image_too_large", str(e)) from e
+    except UserError:
+        raise
+    except Exception as e:  # truncated files raise OSError at load(); broken palettes ValueError; ...
+        raise BadImage("image_corrupt", f"{type(e).__name__}: {e}") from e
+    if out.shape != (image_size, image_size, 3):
+        raise BadImage("image_corrupt", f"unexpected decoded shape {out.shape}")
+    return out, repaired

@@ -1,0 +1,170 @@
+"""The Qwen2 tokenizer as the reference sets it up, and the token layout of one document (REFERENCE.md §1.6, §2.2).
+
+`load_tokenizer(dir)` loads a local HF tokenizer directory offline, adds `<|endofchunk|>` and `<s>` as additional
+special tokens and makes `<s>` the BOS, as the reference does. A caption document is
+
+    <s> [image x T_img] \n caption <|im_end|>
+
+i.e. ids = [bos] + T_img image positions + tok("\n" + caption) + [im_end], nothing dropped (the reference's
+`tokenizer_image_token` bug, REFERENCE.md §9 item 4, is deliberately not reproduced).
+
+`TextEncoder` is the small picklable part the pipeline ships to Grain workers: the `tokenizers` backend plus the
+special ids, so worker processes never import transformers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from oq2vl_jax.errors import UserError
+
+ADDED_SPECIAL_TOKENS = ("<|endofchunk|>", "<s>")
+BOS_TOKEN = "<s>"
+ENDOFCHUNK_TOKEN = "<|endofchunk|>"
+REQUIRED_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+IMAGE_PLACEHOLDER = "<image>"  # the reference escapes it in captions; we do the same so ids match
+IMAGE_PLACEHOLDER_ESCAPED = "<image-placeholder>"
+IMAGE_TOKEN_FILL = 0  # input id stored at image positions (overwritten by image embeddings)
+
+
+def load_tokenizer(tokenizer_dir: str, model_max_length: int = 4096):
+    """Loads a local HF tokenizer directory (offline) and adds the reference's special tokens. Raises UserError."""
+    if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
+        raise UserError(f"data.tokenizer_dir: {tokenizer_dir!r} is not a directory; point it at a local HF tokenizer "
+                        "directory (tokenizer.json + tokenizer_config.json), e.g. one built by "
+                        "oq2vl_jax.data.demo.build_tiny_tokenizer")
+    from transformers import AutoTokenizer  # lazy: worker processes never need transformers
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True,
+                                                  model_max_length=model_max_length)
+    except Exception as e:
+        raise UserError(f"data.tokenizer_dir: cannot load a tokenizer from {tokenizer_dir!r} "
+                        f"({type(e).__name__}: {e})") from e
+    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise UserError(f"data.tokenizer_dir: {tokenizer_dir!r} loads a slow tokenizer; a fast tokenizer "
+                        "(tokenizer.json) is required")
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in REQUIRED_SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise UserError(f"data.tokenizer_dir: tokenizer in {tokenizer_dir!r} lacks the Qwen2 special tokens "
+                        f"{missing}; use a Qwen2 / Qwen2.5 tokenizer directory")
+    tokenizer.add_special_tokens({"additional_special_tokens": list(ADDED_SPECIAL_TOKENS)})
+    tokenizer.bos_token = BOS_TOKEN
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = PAD_TOKEN
+    return tokenizer
+
+
+class TextEncoder:
+    """Picklable text -> ids encoder with the special ids the document layout needs."""
+
+    def __init__(self, backend, *, bos_id: int, eos_id: int, pad_id: int, endofchunk_id: int, vocab_size: int):
+        self.backend = backend  # a tokenizers.Tokenizer (picklable, Rust)
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.endofchunk_id, self.vocab_size = endofchunk_id, vocab_size
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "TextEncoder":
+        if isinstance(tokenizer, TextEncoder):
+            return tokenizer
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, ENDOFCHUNK_TOKEN)}
+        missing = [t for t, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+        if missing:
+            raise UserError(f"tokenizer lacks {missing}; load it with oq2vl_jax.data.tokenizer.load_tokenizer")
+        return cls(tokenizer.backend_tokenizer, bos_id=ids[BOS_TOKEN], eos_id=ids[EOS_TOKEN], pad_id=ids[PAD_TOKEN],
+                   endofchunk_id=ids[ENDOFCHUNK_TOKEN], vocab_size=len(tokenizer))
+
+    def encode(self, text: str) -> list[int]:
+        """Plain encoding: no BOS/EOS added; special-token strings in the text are matched (as the HF tokenizer)."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+
+class DocumentLayout(NamedTuple):
+    """One document: token ids (0 at image positions), which positions are images, where each image block starts.
+
+    `target_mask` (optional, bool [n]) marks the positions that may be predicted (SFT formatters mask prompts with
+    it); None means every text position of the document may be a target.
+    """
+    ids: np.ndarray            # int32 [n]
+    image_mask: np.ndarray     # bool [n]
+    image_starts: tuple[int, ...]
+    target_mask: np.ndarray | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_starts)
+
+
+def _layout(pieces: Sequence[list[int] | int], tokens_per_image: int) -> DocumentLayout:
+    """pieces: lists of text ids, or an int k = the k-th image block."""
+    total = sum(tokens_per_image if isinstance(p, int) else len(p) for p in pieces)
+    ids = np.full(total, IMAGE_TOKEN_FILL, np.int32)
+    image_mask = np.zeros(total, np.bool_)
+    starts, pos = [], 0
+    for piece in pieces:
+        if isinstance(piece, int):
+            image_mask[pos:pos + tokens_per_image] = True
+            starts.append(pos)
+            pos += tokens_per_image
+        else:
+            ids[pos:pos + len(piece)] = piece
+            pos += len(piece)
+    return DocumentLayout(ids, image_mask, tuple(starts))
+
+
+def _escape(text: str) -> str:
+    return text.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER_ESCAPED)
+
+
+def caption_document(tokenizer, caption: str, tokens_per_image: int) -> DocumentLayout:
+    """`<s> [image x T] \\n caption <|im_end|>`. `tokenizer`: from load_tokenizer, or a TextEncoder."""
+    enc = TextEncoder.from_tokenizer(tokenizer)
+    return _layout([[enc.bos_id], 0, enc.encode("\n" + _escape(caption)) + [enc.eos_id]], tokens_per_image)
+
+
+def interleaved_document(tokenizer, parts: Sequence[tuple[str, object]], tokens_per_image: int) -> DocumentLayout:
+    """Interleaved image/text document as the reference's JSON training path builds it (REFERENCE.md §2.5).
+
+    parts: ("image", anything) / ("text", str) in document order. Each image becomes an image block followed by
+    "\\n"; each text segment gets `<|endofchunk|>` appended when the document has >= 2 images. A caption document is
+    the special case [image, text].
+    """
+    enc = TextEncoder.from_tokenizer(tokenizer)
+    n_images = sum(kind == "image" for kind, _ in parts)
+    suffix = ENDOFCHUNK_TOKEN if n_images >= 2 else ""
+    pieces: list[list[int] | int] = [[enc.bos_id]]
+    text, image_index = "", 0
+    for kind, value in parts:
+        if kind == "image":
+            if text:
+                pieces.append(enc.encode(text))
+            pieces.append(image_index)
+            image_index += 1
+            text = "\n"
+        else:
+            text += _escape(str(value)) + suffix
+    pieces.append((enc.encode(text) if text else []) + [enc.eos_id])
+    return _layout(pieces, tokens_per_image)
+
+
+def truncate_document(doc: DocumentLayout, max_length: int, tokens_per_image: int) -> DocumentLayout:
+    """Cuts a document to at most max_length positions, never through an image block (a cut block is dropped)."""
+    if doc.length <= max_length:
+        return doc
+    cut = max_length
+    for start in doc.image_starts:
+        if start < cut < start + tokens_per_image:
+            cut = start
+    starts = tuple(s for s in doc.image_starts if s + tokens_per_image <= cut)
+    target = None if doc.target_mask is None else doc.target_mask[:cut]
+    return DocumentLayout(doc.ids[:cut], doc.image_mask[:cut], starts, target)
