@@ -1,0 +1,41 @@
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from oq2vl_jax import checkpoint_io as C
+from oq2vl_jax.errors import UserError
+from oq2vl_jax.models import params as P
+from oq2vl_jax.models.presets import VLMConfig, llm_preset, vision_preset
+from oq2vl_jax.models.vlm import VLM
+
+
+def _config():
+    return VLMConfig(vision=vision_preset("siglip-tiny"), llm=llm_preset("qwen2-tiny"), tokens_per_image=4)
+
+
+def test_params_round_trip_bit_exact(tmp_path):
+    tree = jax.tree.map(np.asarray, P.param_tree(VLM(_config(), rngs=nnx.Rngs(0))))
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    C.save_params(str(tmp_path / "ck"), tree, _config(), tokenizer_dir=str(tok))
+    config, restored, meta = C.load_params(str(tmp_path / "ck"))
+    assert config == _config() and meta["format"] == "oq2vl_jax"
+    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(restored)):
+        assert np.asarray(b).dtype == a.dtype and np.array_equal(a, np.asarray(b))
+    assert os.path.exists(os.path.join(C.tokenizer_path(str(tmp_path / "ck")), "tokenizer.json"))
+
+
+def test_unfinished_step_is_ignored_and_missing_dirs_are_user_errors(tmp_path):
+    tree = jax.tree.map(np.asarray, P.param_tree(VLM(_config(), rngs=nnx.Rngs(0))))
+    C.save_params(str(tmp_path / "ck"), tree, _config(), step=3)
+    # what an interrupted Orbax write leaves behind: a temporary step directory
+    os.makedirs(tmp_path / "ck" / "7.orbax-checkpoint-tmp-123" / "params")
+    assert C.resolve_step(str(tmp_path / "ck")) == 3
+    with pytest.raises(UserError, match="does not exist"):
+        C.resolve_step(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="step 5 is not"):
+        C.resolve_step(str(tmp_path / "ck"), 5)
