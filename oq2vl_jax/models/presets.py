@@ -14,7 +14,7 @@ from oq2vl_jax.errors import UserError
 
 GELU_EXACT = "gelu"  # erf GELU: timm's nn.GELU, the reference's vision tower and projector
 GELU_TANH = "gelu_tanh"  # tanh approximation: HF SigLIP ("gelu_pytorch_tanh") and big_vision
-ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "cudnn_packed", "splash")
 
 
 @dataclasses.dataclass(frozen=True)

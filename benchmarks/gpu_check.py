@@ -1,0 +1,86 @@
+"""Attention backends on the GPU: correctness against xla and forward+backward timing, at the decoder's real shapes
+(B=2 rows of 4096 tokens, ~25 documents a row, 12 query heads, 2 KV heads, head dim 128, bf16).
+
+  python benchmarks/gpu_check.py [--tiny]      # --tiny: small shapes, xla only (checks the script on CPU)
+
+Prints one JSON line per backend: max |diff| vs xla on real positions (forward output and dq), fwd and fwd+bwd ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from oq2vl_jax.models.attention import attention  # noqa: E402
+
+
+def packed_segments(b: int, t: int, rng) -> np.ndarray:
+    seg = np.zeros((b, t), np.int32)
+    for r in range(b):
+        start, doc = 0, 0
+        while True:
+            n = int(rng.integers(150, 180))
+            if start + n > t - 40:
+                break
+            doc += 1
+            seg[r, start:start + n] = doc
+            start += n
+    return seg
+
+
+def timed(fn, *args, reps=10):
+    out = fn(*args)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / reps * 1e3, out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true")
+    args = ap.parse_args(argv)
+    b, t, h, k, d = (2, 256, 4, 2, 32) if args.tiny else (2, 4096, 12, 2, 128)
+    backends = ["xla"] if args.tiny else ["xla", "cudnn", "cudnn_packed"]
+    rng = np.random.default_rng(0)
+    dtype = jnp.float32 if args.tiny else jnp.bfloat16
+    q, kk, v = (jnp.asarray(rng.normal(size=(b, t, n, d)), dtype) for n in (h, k, k))
+    seg = jnp.asarray(packed_segments(b, t, rng))
+    real = np.asarray(seg) > 0
+    results, ref = [], None
+    for backend in backends:
+        fwd = jax.jit(lambda q, k, v, s, be=backend: attention(q, k, v, s, causal=True, backend=be))
+        loss = lambda q, k, v, s, be=backend: jnp.sum(
+            jnp.where((s > 0)[:, :, None, None], attention(q, k, v, s, causal=True, backend=be), 0).astype(
+                jnp.float32) ** 2)
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        try:
+            fwd_ms, out = timed(fwd, q, kk, v, seg)
+            bwd_ms, grads = timed(grad, q, kk, v, seg)
+        except Exception as e:  # report and go on: one failing backend must not hide the others
+            results.append({"backend": backend, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            continue
+        out, dq = np.asarray(out, np.float32), np.asarray(grads[0], np.float32)
+        if ref is None:
+            ref = (out, dq)
+        results.append({"backend": backend, "fwd_ms": round(fwd_ms, 3), "fwd_bwd_ms": round(bwd_ms, 3),
+                        "max_diff_out": float(np.abs(out[real] - ref[0][real]).max()),
+                        "max_diff_dq": float(np.abs(dq[real] - ref[1][real]).max()),
+                        "device": jax.devices()[0].device_kind, "jax": jax.__version__})
+    for r in results:
+        print(json.dumps(r))
+    return results
+
+
+if __name__ == "__main__":
+    main()
