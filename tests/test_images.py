@@ -1,0 +1,94 @@
+import io
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_fixtures import i16_png_bytes, image_bytes, noise_image_bytes, png_claiming_size, truncated_jpeg_bytes
+from oq2vl_jax.data import images
+from oq2vl_jax.data.images import BadImage, load_image, probe_image
+from oq2vl_jax.errors import UserError
+
+
+def reference_preprocess(data: bytes, size: int) -> np.ndarray:
+    """What the reference does before ToTensor/Normalize (REFERENCE.md §1.3)."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BICUBIC))
+
+
+@pytest.mark.parametrize("fmt,size,target", [("JPEG", (512, 384), 384), ("JPEG", (300, 700), 384),
+                                             ("PNG", (50, 70), 64), ("WEBP", (97, 41), 32)])
+def test_squash_is_bit_exact_with_pil_bicubic(fmt, size, target):
+    data = noise_image_bytes(size, seed=size[0], fmt=fmt)
+    out, repaired = load_image(data, target)
+    assert out.dtype == np.uint8 and out.shape == (target, target, 3)
+    assert not repaired
+    np.testing.assert_array_equal(out, reference_preprocess(data, target))
+
+
+def test_pad_mode_keeps_aspect_and_centres():
+    data = image_bytes((80, 40), colour=(250, 0, 0), fmt="PNG")
+    out, _ = load_image(data, 32, "pad")
+    assert out.shape == (32, 32, 3)
+    # 80x40 -> 32x16, pasted at rows 8..23; grey above and below
+    np.testing.assert_array_equal(out[:8], np.full((8, 32, 3), images.PAD_FILL, np.uint8))
+    np.testing.assert_array_equal(out[24:], np.full((8, 32, 3), images.PAD_FILL, np.uint8))
+    assert (out[10:22, 2:30] == (250, 0, 0)).all()
+    with pytest.raises(UserError, match="resize_mode"):
+        load_image(data, 32, "crop")
+
+
+@pytest.mark.parametrize("mode,fmt", [("CMYK", "JPEG"), ("P", "PNG"), ("LA", "PNG"), ("L", "JPEG"),
+                                      ("RGBA", "PNG")])
+def test_other_modes_are_converted_to_rgb_and_flagged(mode, fmt):
+    data = image_bytes((20, 10), colour=(10, 200, 90), fmt=fmt, mode=mode)
+    assert Image.open(io.BytesIO(data)).mode == mode
+    out, repaired = load_image(data, 16)
+    assert repaired and out.shape == (16, 16, 3)
+    np.testing.assert_array_equal(out, reference_preprocess(data, 16))  # these modes convert exactly as PIL does
+
+
+def test_16_bit_images_are_scaled_not_clipped():
+    values = np.zeros((8, 8), np.uint16)
+    values[:, :4] = 65535
+    values[:, 4:] = 32768
+    data = i16_png_bytes(values)
+    assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+    out, repaired = load_image(data, 8)
+    assert repaired
+    assert (out[:, :3] == 255).all() and (out[:, 5:] == 128).all()
+    # PIL's own convert("RGB") would clip 32768 to 255: the repair is deliberate
+    assert (reference_preprocess(data, 8)[:, 5:] == 255).all()
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "image_corrupt"),
+    (b"this is not an image at all" * 10, "image_corrupt"),
+    (truncated_jpeg_bytes(), "image_corrupt"),
+    (image_bytes((1, 1), fmt="PNG"), "image_too_small"),
+    (image_bytes((1, 50), fmt="PNG"), "image_too_small"),
+    (image_bytes((50, 1), fmt="JPEG"), "image_too_small"),
+    (png_claiming_size(20000, 20000), "image_too_large"),  # PIL raises DecompressionBombError itself
+    (png_claiming_size(10000, 9500), "image_too_large"),  # PIL only warns; our own limit catches it
+])
+def test_bad_images_raise_with_reason(data, reason):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(BadImage) as e:
+            load_image(data, 16)
+    assert e.value.reason == reason
+
+
+def test_truncated_jpeg_header_probe_passes_but_decode_fails():
+    data = truncated_jpeg_bytes()
+    assert probe_image(data) == (64, 64)  # header intact: caught only at decode, after packing
+    with pytest.raises(BadImage, match="image_corrupt"):
+        load_image(data, 16)
+
+
+def test_max_pixels_is_configurable():
+    data = image_bytes((100, 100), fmt="PNG")
+    assert probe_image(data, max_pixels=10_000) == (100, 100)
+    with pytest.raises(BadImage, match="image_too_large"):
+        probe_image(data, max_pixels=9_999)
+    load_image(data, 8, max_pixels=0)  # 0 disables our limit
