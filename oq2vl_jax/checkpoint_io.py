@@ -3,6 +3,8 @@
   CKPT/                      an Orbax CheckpointManager directory
     <step>/params            parameter tree (StandardSave; sharded arrays restore onto any mesh)
     <step>/meta              JSON: {"format": "oq2vl_jax", "version": 1, "model_config": VLMConfig.to_dict(), ...}
+    <step>/vision_extra      optional: vision tower parts the model does not run (later blocks, final norm, MAP
+                             head), kept by `convert import` so exports can write complete towers
     <step>/<other items>     trainer-only items (optimizer state, data iterator state, rng)
     tokenizer/               HF tokenizer directory, with the reference's added tokens
 
@@ -17,6 +19,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from oq2vl_jax.errors import UserError
@@ -25,6 +28,7 @@ from oq2vl_jax.models.presets import VLMConfig
 FORMAT = "oq2vl_jax"
 VERSION = 1
 TOKENIZER_DIR = "tokenizer"
+VISION_EXTRA = "vision_extra"
 
 
 def manager(directory: str, *, max_to_keep: int | None = None, async_save: bool = True,
@@ -46,11 +50,14 @@ def copy_tokenizer(src_dir: str, ckpt_dir: str) -> str:
 
 
 def save_params(ckpt_dir: str, params: dict, config: VLMConfig, *, step: int = 0, tokenizer_dir: str | None = None,
-                **meta: Any) -> str:
-    """Writes a params-only checkpoint (what `convert import` produces) and waits for it to land."""
-    with manager(ckpt_dir, async_save=False) as mngr:
+                extra_items: dict[str, dict] | None = None, **meta: Any) -> str:
+    """Writes a params-only checkpoint (what `convert import` produces) and waits for it to land. `extra_items` are
+    further array trees saved as their own items (e.g. {VISION_EXTRA: tree}); read them back with `load_item`."""
+    extra_items = {k: v for k, v in (extra_items or {}).items() if v}
+    with manager(ckpt_dir, async_save=False, item_names=("params", "meta", *extra_items)) as mngr:
+        items = {name: ocp.args.StandardSave(tree) for name, tree in extra_items.items()}
         mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                meta=ocp.args.JsonSave(make_meta(config, **meta))))
+                                                meta=ocp.args.JsonSave(make_meta(config, **meta)), **items))
         mngr.wait_until_finished()
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, ckpt_dir)
@@ -92,6 +99,20 @@ def load_params(ckpt_dir: str, step: int | None = None, abstract_params: Any = N
                 lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_host_sharding()), metadata)
         params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))["params"]
     return config, params, meta
+
+
+def load_item(ckpt_dir: str, name: str, step: int | None = None) -> dict | None:
+    """An optional array item (e.g. VISION_EXTRA) of a step as host numpy arrays, or None when that step has none."""
+    step = resolve_step(ckpt_dir, step)
+    if not os.path.isdir(os.path.join(os.path.abspath(ckpt_dir), str(step), name)):
+        return None
+    options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+    with ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options,
+                               item_handlers={name: ocp.StandardCheckpointHandler()}) as mngr:
+        metadata = mngr.item_metadata(step)[name]
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_host_sharding()), metadata)
+        tree = mngr.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)}))[name]
+    return jax.tree.map(np.asarray, tree)
 
 
 def _host_sharding():
