@@ -60,6 +60,15 @@ def test_splash_matches_xla_in_interpret_mode():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4)
 
 
+def test_splash_pads_lengths_that_are_not_whole_blocks():
+    """SigLIP's 729 patches (here 100): bidirectional, no segments, padded to a block multiple inside the backend."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.normal(size=(2, 100, 4, 16)).astype(np.float32) for _ in range(3))
+    want = np.asarray(attention(q, k, v, None, causal=False, backend="xla"))
+    got = np.asarray(attention(q, k, v, None, causal=False, backend="splash", splash_interpret=True))
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
 def test_splash_under_shard_map_on_a_mesh():
     devices = np.array(jax.devices()[:4]).reshape(2, 1, 2)
     mesh = Mesh(devices, ("data", "fsdp", "tensor"))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 BATCH_MESH_AXES = ("data", "fsdp")
+SPLASH_ALIGN = 128  # splash block sizes are multiples of 128 tokens
 MAX_PACKED_SEGMENTS = 64  # documents per row the cudnn_packed path describes; 4096 / (144 + 3) = 27 caption docs
 HEAD_MESH_AXIS = "tensor"
 
@@ -94,24 +95,33 @@ def _cudnn_packed(q, k, v, segment_ids, *, causal: bool):
 
 
 def _splash(q, k, v, segment_ids, *, causal: bool, interpret: bool):
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-
     b, t, h, d = q.shape
     groups = h // k.shape[2]
     if groups > 1:  # splash MHA wants one KV head per query head
         k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     if segment_ids is None:
         segment_ids = jnp.ones((b, t), jnp.int32)
-    q = q * (d ** -0.5)  # splash does not scale the logits
+    pad = (-t) % SPLASH_ALIGN  # e.g. SigLIP's 729 patches: the kernel wants whole blocks; pad as its own segment
+    if pad:
+        widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+        q, k, v = jnp.pad(q, widths), jnp.pad(k, widths), jnp.pad(v, widths)
+        segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
+    out = _splash_call(q * (d ** -0.5), k, v, segment_ids, causal=causal, interpret=interpret)  # splash does not scale
+    return out[:, :t]
 
+
+def _splash_call(q, k, v, segment_ids, *, causal: bool, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    t, h = q.shape[1], q.shape[2]
     mesh = jax.sharding.get_abstract_mesh()
     names = () if mesh is None or mesh.empty else mesh.axis_names
     batch_axes = tuple(a for a in BATCH_MESH_AXES if a in names and mesh.shape[a] > 1)
     head_axis = HEAD_MESH_AXIS if HEAD_MESH_AXIS in names and mesh.shape[HEAD_MESH_AXIS] > 1 else None
     local_heads = h // (mesh.shape[head_axis] if head_axis else 1)
     base = sm.CausalMask((t, t)) if causal else sm.FullMask((t, t))
-    block = min(512, t)
+    block = next(size for size in (512, 256, SPLASH_ALIGN) if t % size == 0)
     kernel = sk.make_splash_mha(
         sm.MultiHeadMask([base] * local_heads), head_shards=1, q_seq_shards=1, interpret=interpret,
         block_sizes=sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
