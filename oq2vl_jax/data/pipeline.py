@@ -260,6 +260,9 @@ def build_dataset(data_cfg: Any, *, tokens_per_image: int, rows_per_batch: int, 
                                resize_mode=cfg["resize_mode"], max_image_pixels=cfg["max_image_pixels"])
     ds = ds.batch(rows_per_batch, batch_fn=assembler)
     if cfg["worker_count"] > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # grain's mp_prefetch reads its absl flags; outside an absl app: defaults
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg["worker_count"],
                                                          per_worker_buffer_size=cfg["worker_buffer_size"]))
     return ds
