@@ -55,6 +55,7 @@ _EXTRA_TEXT = (
     "A plate of food with rice, chicken and vegetables; a glass of water; a fork and a knife.",
     "Please answer the question with a single word or phrase. How many objects are shown? Why? Because.",
     "street car bus train city building sky cloud tree flower bird cat horse woman girl boy people sign text",
+    "Yes\nNo\nTrue\nFalse\nA\nB\nC\nD",  # single tokens also at the start of a text (answer scoring)
 )
 
 
