@@ -10,12 +10,17 @@ Readers take `get(name) -> np.ndarray` so tensors are read lazily one at a time 
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import json
+import os
+import shutil
+import struct
+from typing import Callable, Iterable, Iterator
 
+import ml_dtypes
 import numpy as np
 
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.models.presets import Qwen2Config, SiglipConfig
+from oq2vl_jax.models.presets import GELU_EXACT, GELU_TANH, Qwen2Config, SiglipConfig
 
 Getter = Callable[[str], np.ndarray]
 
@@ -68,29 +73,55 @@ def get_path(tree: dict, path: str):
     return tree
 
 
+def pop_path(tree: dict, path: str):
+    keys = path.split("/")
+    for key in keys[:-1]:
+        tree = tree[key]
+    return tree.pop(keys[-1])
+
+
 def check_shape(name: str, array: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
     if tuple(array.shape) != tuple(expected):
         raise UserError(f"tensor '{name}' has shape {tuple(array.shape)} but the model config expects {tuple(expected)}")
     return array
 
 
-def _stack_layers(get: Getter, table, prefix: str, count: int) -> dict:
+def _stack_layers(get: Getter, table, prefix: str, count: int, start: int = 0,
+                  shapes: dict | None = None) -> dict:
+    """Reads layers start..start+count-1 of every table entry into one preallocated [count, ...] array each (so a
+    parameter is never held both as a list of layers and stacked)."""
     out: dict = {}
     for ours, theirs, transpose in table:
-        arrays = []
+        stacked = None
         for i in range(count):
-            a = np.asarray(get(f"{prefix}{i}.{theirs}"))
-            arrays.append(a.T if transpose else a)
-        set_path(out, ours, np.stack(arrays))
+            name = f"{prefix}{start + i}.{theirs}"
+            a = np.asarray(get(name))
+            if shapes is not None and ours in shapes:
+                expected = shapes[ours][::-1] if transpose else shapes[ours]
+                check_shape(name, a, expected)
+            a = a.T if transpose else a
+            if stacked is None:
+                stacked = np.empty((count,) + a.shape, a.dtype)
+            stacked[i] = a
+        if stacked is not None:
+            set_path(out, ours, stacked)
     return out
 
 
-def _unstack_layers(tree: dict, table, prefix: str) -> Iterator[tuple[str, np.ndarray]]:
+def _unstack_layers(trees, table, prefix: str, start: int = 0, consume: bool = False,
+                    ) -> Iterator[tuple[str, np.ndarray]]:
+    """Stacked subtrees (one or several, numbered on from `start`) -> per-layer tensors in HF layout.
+    With `consume`, each stacked array is removed from its tree once written out, so memory is freed as we go."""
+    trees = [t for t in (trees if isinstance(trees, (list, tuple)) else [trees]) if t]
     for ours, theirs, transpose in table:
-        stacked = np.asarray(get_path(tree, ours))
-        for i in range(stacked.shape[0]):
-            a = stacked[i]
-            yield f"{prefix}{i}.{theirs}", np.ascontiguousarray(a.T if transpose else a)
+        i = start
+        for tree in trees:
+            stacked = np.asarray(pop_path(tree, ours) if consume else get_path(tree, ours))
+            for j in range(stacked.shape[0]):
+                a = stacked[j]
+                yield f"{prefix}{i}.{theirs}", np.ascontiguousarray(a.T if transpose else a)
+                i += 1
+            del stacked
 
 
 def qwen2_expected_shapes(cfg: Qwen2Config) -> dict[str, tuple[int, ...]]:
@@ -103,11 +134,10 @@ def qwen2_expected_shapes(cfg: Qwen2Config) -> dict[str, tuple[int, ...]]:
 def qwen2_from_hf(get: Getter, cfg: Qwen2Config, prefix: str = "model.", lm_head: str = "lm_head.weight") -> dict:
     """HF Qwen2ForCausalLM tensors -> our `llm` subtree."""
     shapes = qwen2_expected_shapes(cfg)
-    checked = lambda name: _checked_layer_getter(get, name, shapes, QWEN2_LAYER, prefix + "layers.")
     tree = {
         "embed": check_shape(prefix + "embed_tokens.weight", np.asarray(get(prefix + "embed_tokens.weight")),
                              (cfg.vocab_size, cfg.hidden_size)),
-        "layers": _stack_layers(checked, QWEN2_LAYER, prefix + "layers.", cfg.num_layers),
+        "layers": _stack_layers(get, QWEN2_LAYER, prefix + "layers.", cfg.num_layers, shapes=shapes),
         "norm": {"scale": check_shape(prefix + "norm.weight", np.asarray(get(prefix + "norm.weight")),
                                       (cfg.hidden_size,))},
     }
@@ -118,16 +148,19 @@ def qwen2_from_hf(get: Getter, cfg: Qwen2Config, prefix: str = "model.", lm_head
 
 
 def qwen2_to_hf(tree: dict, cfg: Qwen2Config, prefix: str = "model.", lm_head: str | None = "lm_head.weight",
-                ) -> Iterator[tuple[str, np.ndarray]]:
-    """Our `llm` subtree -> HF tensors. With tied embeddings `lm_head` (if a name is given) repeats embed_tokens."""
-    yield prefix + "embed_tokens.weight", np.asarray(tree["embed"])
-    yield from _unstack_layers(tree["layers"], QWEN2_LAYER, prefix + "layers.")
+                consume: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """Our `llm` subtree -> HF tensors. With tied embeddings `lm_head` (if a name is given) repeats embed_tokens
+    (the same array object, so writers can store it once)."""
+    embed = np.asarray(tree.pop("embed") if consume else tree["embed"])
+    yield prefix + "embed_tokens.weight", embed
+    yield from _unstack_layers(tree["layers"], QWEN2_LAYER, prefix + "layers.", consume=consume)
     yield prefix + "norm.weight", np.asarray(tree["norm"]["scale"])
     if lm_head is not None:
         if cfg.tie_word_embeddings:
-            yield lm_head, np.asarray(tree["embed"])
+            yield lm_head, embed
         else:
-            yield lm_head, np.ascontiguousarray(np.asarray(tree["lm_head"]["kernel"]).T)
+            head = tree.pop("lm_head") if consume else tree["lm_head"]
+            yield lm_head, np.ascontiguousarray(np.asarray(head["kernel"]).T)
 
 
 def siglip_expected_shapes(cfg: SiglipConfig) -> dict[str, tuple[int, ...]]:
@@ -136,16 +169,6 @@ def siglip_expected_shapes(cfg: SiglipConfig) -> dict[str, tuple[int, ...]]:
     shapes.update({"q/kernel": (d, d), "k/kernel": (d, d), "v/kernel": (d, d), "out/kernel": (d, d),
                    "fc1/kernel": (d, f), "fc1/bias": (f,), "fc2/kernel": (f, d)})
     return shapes
-
-
-def _checked_layer_getter(get: Getter, name: str, shapes, table, prefix: str) -> np.ndarray:
-    array = np.asarray(get(name))
-    theirs = name[len(prefix):].split(".", 1)[1]
-    for ours, hf, transpose in table:
-        if hf == theirs:
-            expected = shapes[ours][::-1] if transpose else shapes[ours]
-            return check_shape(name, array, expected)
-    return array
 
 
 def conv_weight_to_hwio(weight: np.ndarray) -> np.ndarray:
@@ -161,7 +184,6 @@ def siglip_from_hf(get: Getter, cfg: SiglipConfig, prefix: str = "vision_model."
     """HF SigLIP vision tensors -> our `vision` subtree (only the blocks we run; no post_layernorm, no head)."""
     shapes = siglip_expected_shapes(cfg)
     layer_prefix = prefix + "encoder.layers."
-    checked = lambda name: _checked_layer_getter(get, name, shapes, SIGLIP_BLOCK, layer_prefix)
     p, d = cfg.patch_size, cfg.width
     patch = check_shape(prefix + "embeddings.patch_embedding.weight",
                         np.asarray(get(prefix + "embeddings.patch_embedding.weight")), (d, 3, p, p))
@@ -171,15 +193,24 @@ def siglip_from_hf(get: Getter, cfg: SiglipConfig, prefix: str = "vision_model."
                                   np.asarray(get(prefix + "embeddings.patch_embedding.bias")), (d,)),
         "pos_embed": check_shape(prefix + "embeddings.position_embedding.weight",
                                  np.asarray(get(prefix + "embeddings.position_embedding.weight")), (cfg.num_patches, d)),
-        "blocks": _stack_layers(checked, SIGLIP_BLOCK, layer_prefix, cfg.num_blocks_run),
+        "blocks": _stack_layers(get, SIGLIP_BLOCK, layer_prefix, cfg.num_blocks_run, shapes=shapes),
     }
 
 
-def siglip_to_hf(tree: dict, prefix: str = "vision_model.") -> Iterator[tuple[str, np.ndarray]]:
+def siglip_to_hf(tree: dict, prefix: str = "vision_model.", extra: dict | None = None,
+                 consume: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """Our `vision` subtree (+ the `vision_extra` tree: later blocks, final norm, MAP head) -> HF SigLIP tensors."""
     yield prefix + "embeddings.patch_embedding.weight", hwio_to_conv_weight(np.asarray(tree["patch_kernel"]))
     yield prefix + "embeddings.patch_embedding.bias", np.asarray(tree["patch_bias"])
     yield prefix + "embeddings.position_embedding.weight", np.asarray(tree["pos_embed"])
-    yield from _unstack_layers(tree["blocks"], SIGLIP_BLOCK, prefix + "encoder.layers.")
+    extra = extra or {}
+    yield from _unstack_layers([tree["blocks"], extra.get("blocks")], SIGLIP_BLOCK, prefix + "encoder.layers.",
+                               consume=consume)
+    if "norm" in extra:
+        yield prefix + "post_layernorm.weight", np.asarray(extra["norm"]["scale"])
+        yield prefix + "post_layernorm.bias", np.asarray(extra["norm"]["bias"])
+    if "head" in extra:
+        yield from _map_head_to_hf(extra["head"], prefix + "head.")
 
 
 def projector_from_torch(get: Getter, prefix: str = "mlp_projector.") -> dict:
@@ -192,3 +223,434 @@ def projector_to_torch(tree: dict, prefix: str = "mlp_projector.") -> Iterator[t
     for ours, theirs in (("fc1", "0"), ("fc2", "2")):
         yield f"{prefix}{theirs}.weight", np.ascontiguousarray(np.asarray(tree[ours]["kernel"]).T)
         yield f"{prefix}{theirs}.bias", np.asarray(tree[ours]["bias"])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The vision tower's parts we do not run (blocks after the feature layer, final LayerNorm, MAP pooling head) travel
+# beside the parameters as a `vision_extra` tree so exports can write complete towers:
+#   {"blocks": <stacked like vision/blocks>, "norm": {scale, bias},
+#    "head": {"probe" [1, n, D], "q"|"k"|"v"|"out"|"fc1"|"fc2": {kernel [in, out], bias}, "norm": {scale, bias}}}
+# Every key is optional.
+
+def _dense_from_hf(get: Getter, name: str) -> dict:
+    return {"kernel": np.ascontiguousarray(np.asarray(get(name + ".weight")).T), "bias": np.asarray(get(name + ".bias"))}
+
+
+def _dense_to_hf(dense: dict, name: str) -> Iterator[tuple[str, np.ndarray]]:
+    yield name + ".weight", np.ascontiguousarray(np.asarray(dense["kernel"]).T)
+    yield name + ".bias", np.asarray(dense["bias"])
+
+
+def _norm_from_hf(get: Getter, name: str) -> dict:
+    return {"scale": np.asarray(get(name + ".weight")), "bias": np.asarray(get(name + ".bias"))}
+
+
+def _norm_to_hf(norm: dict, name: str) -> Iterator[tuple[str, np.ndarray]]:
+    yield name + ".weight", np.asarray(norm["scale"])
+    yield name + ".bias", np.asarray(norm["bias"])
+
+
+def split_fused(name: str, fused: np.ndarray, parts: int, width: int) -> list[np.ndarray]:
+    """A fused [parts * width, ...] projection (qkv / kv / in_proj) -> `parts` arrays, checking the shape."""
+    if fused.shape[0] != parts * width:
+        raise UserError(f"tensor '{name}' has shape {tuple(fused.shape)}; expected its first dimension to be "
+                        f"{parts} x width = {parts * width}")
+    return [fused[i * width:(i + 1) * width] for i in range(parts)]
+
+
+def check_head(head: dict, cfg: SiglipConfig, where: str) -> dict:
+    d, f = cfg.width, cfg.mlp_dim
+    probe = np.asarray(head["probe"])
+    if probe.ndim != 3 or probe.shape[-1] != d:
+        raise UserError(f"{where} MAP head probe has shape {probe.shape}, expected [1, n, {d}]")
+    expected = {"q/kernel": (d, d), "k/kernel": (d, d), "v/kernel": (d, d), "out/kernel": (d, d),
+                "fc1/kernel": (d, f), "fc2/kernel": (f, d), "norm/scale": (d,)}
+    for path, shape in expected.items():
+        check_shape(f"{where} MAP head {path}", get_path(head, path), shape)
+    return head
+
+
+def _map_head_from_hf(get: Getter, prefix: str, width: int) -> dict:
+    w, b = np.asarray(get(prefix + "attention.in_proj_weight")), np.asarray(get(prefix + "attention.in_proj_bias"))
+    ws = split_fused(prefix + "attention.in_proj_weight", w, 3, width)
+    bs = split_fused(prefix + "attention.in_proj_bias", b, 3, width)
+    head = {"probe": np.asarray(get(prefix + "probe"))}
+    for i, k in enumerate("qkv"):
+        head[k] = {"kernel": np.ascontiguousarray(ws[i].T), "bias": bs[i].copy()}
+    head["out"] = _dense_from_hf(get, prefix + "attention.out_proj")
+    head["norm"] = _norm_from_hf(get, prefix + "layernorm")
+    head["fc1"] = _dense_from_hf(get, prefix + "mlp.fc1")
+    head["fc2"] = _dense_from_hf(get, prefix + "mlp.fc2")
+    return head
+
+
+def _map_head_to_hf(head: dict, prefix: str) -> Iterator[tuple[str, np.ndarray]]:
+    yield prefix + "probe", np.asarray(head["probe"])
+    yield prefix + "attention.in_proj_weight", np.concatenate(
+        [np.asarray(head[k]["kernel"]).T for k in "qkv"], axis=0)
+    yield prefix + "attention.in_proj_bias", np.concatenate([np.asarray(head[k]["bias"]) for k in "qkv"], axis=0)
+    yield from _dense_to_hf(head["out"], prefix + "attention.out_proj")
+    yield from _norm_to_hf(head["norm"], prefix + "layernorm")
+    yield from _dense_to_hf(head["fc1"], prefix + "mlp.fc1")
+    yield from _dense_to_hf(head["fc2"], prefix + "mlp.fc2")
+
+
+def siglip_extra_from_hf(get: Getter, names, cfg: SiglipConfig, prefix: str = "vision_model.") -> dict:
+    """The HF tower's blocks after the feature layer, `post_layernorm` and `head` (when present) -> vision_extra."""
+    extra: dict = {}
+    n_run = cfg.num_blocks_run
+    if cfg.depth > n_run:
+        extra["blocks"] = _stack_layers(get, SIGLIP_BLOCK, prefix + "encoder.layers.", cfg.depth - n_run, start=n_run,
+                                        shapes=siglip_expected_shapes(cfg))
+    if prefix + "post_layernorm.weight" in names:
+        extra["norm"] = _norm_from_hf(get, prefix + "post_layernorm")
+    if prefix + "head.probe" in names:
+        extra["head"] = check_head(_map_head_from_hf(get, prefix + "head.", cfg.width), cfg, "HF")
+    return extra
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tensor files, read lazily: a TensorSource lists names and reads one tensor per `get`.
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+
+def is_float(dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16)
+
+
+class TensorSource:
+    """Named tensors of one checkpoint (one or several files). `get` reads a single tensor from disk."""
+
+    def __init__(self, readers: dict[str, Callable[[], np.ndarray]], where: str):
+        self._readers, self.where = readers, where
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._readers)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._readers
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._readers:
+            raise UserError(f"tensor '{name}' is missing from {self.where}")
+        return self._readers[name]()
+
+    def getter(self, prefix: str = "", dtype=None) -> Getter:
+        """`get` under a key prefix, optionally casting (one tensor at a time) to `dtype`."""
+        if dtype is None:
+            return lambda name: self.get(prefix + name)
+        return lambda name: np.asarray(self.get(prefix + name)).astype(dtype, copy=False)
+
+    def find_prefix(self, suffix: str, exclude: tuple[str, ...] = ()) -> str | None:
+        """The key prefix under which `suffix` occurs (None if nowhere); ambiguous layouts are a UserError."""
+        prefixes = sorted({n[: -len(suffix)] for n in self._readers
+                           if n.endswith(suffix) and (n == suffix or n[-len(suffix) - 1] in "./")
+                           and not any(e in n for e in exclude)})
+        if len(prefixes) > 1:
+            raise UserError(f"{self.where} holds several towers ({', '.join(p or '<root>' for p in prefixes)} + "
+                            f"'{suffix}'); pass a file with one")
+        return prefixes[0] if prefixes else None
+
+
+def read_json(path: str, what: str = "file") -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"{what} '{path}' does not exist")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} '{path}' is not valid JSON: {e}") from e
+
+
+def safetensors_header(path: str) -> tuple[dict, int]:
+    """(header, byte offset of the data block) of a .safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"'{path}' is not a readable safetensors file: {e}") from e
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _safetensors_readers(path: str) -> dict[str, Callable[[], np.ndarray]]:
+    header, start = safetensors_header(path)
+    readers = {}
+    for name, info in header.items():
+        if info["dtype"] not in _ST_DTYPES:
+            raise UserError(f"tensor '{name}' in '{path}' has unsupported dtype {info['dtype']}")
+        dtype, shape = np.dtype(_ST_DTYPES[info["dtype"]]), tuple(info["shape"])
+        begin, end = info["data_offsets"]
+
+        def read(dtype=dtype, shape=shape, offset=start + begin, count=(end - begin) // dtype.itemsize):
+            with open(path, "rb") as f:
+                return np.fromfile(f, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+        readers[name] = read
+    return readers
+
+
+def open_safetensors(paths: list[str], where: str | None = None) -> TensorSource:
+    readers: dict = {}
+    for path in paths:
+        readers.update(_safetensors_readers(path))
+    return TensorSource(readers, where or ", ".join(f"'{p}'" for p in paths))
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def load_torch_file(path: str) -> dict:
+    """torch.load restricted to plain tensors and containers (never unpickles arbitrary objects)."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise UserError(f"file '{path}' does not exist")
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for disallowed objects, RuntimeError for corrupt files
+        raise UserError(f"cannot read '{path}' as a PyTorch state dict of plain tensors: {e}") from e
+
+
+def open_torch(path: str) -> TensorSource:
+    """A .pt / .bin / .pth file; nested dicts are flattened with '.' (so {'model': {'x': t}} reads as 'model.x')."""
+    import torch
+
+    readers: dict = {}
+
+    def walk(obj, prefix):
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, torch.Tensor):
+                readers[f"{prefix}{key}"] = lambda value=value: _torch_to_numpy(value)
+
+    obj = load_torch_file(path)
+    if not isinstance(obj, dict):
+        raise UserError(f"'{path}' does not hold a dict of tensors")
+    walk(obj, "")
+    return TensorSource(readers, f"'{path}'")
+
+
+def open_npz(path: str) -> TensorSource:
+    if not os.path.isfile(path):
+        raise UserError(f"file '{path}' does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read '{path}' as a .npz archive: {e}") from e
+    return TensorSource({name: (lambda name=name: data[name]) for name in data.files}, f"'{path}'")
+
+
+def open_tensor_file(path: str) -> TensorSource:
+    if path.endswith(".safetensors"):
+        if not os.path.isfile(path):
+            raise UserError(f"file '{path}' does not exist")
+        return open_safetensors([path])
+    if path.endswith(".npz"):
+        return open_npz(path)
+    if path.endswith((".bin", ".pt", ".pth")):
+        return open_torch(path)
+    raise UserError(f"'{path}': unknown weight file type (expected .safetensors, .bin, .pt, .pth or .npz)")
+
+
+def open_hf_weights(directory: str) -> TensorSource:
+    """The weights of an HF model directory: model.safetensors, a sharded safetensors index, or pytorch_model.bin."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index_path = os.path.join(directory, index_name)
+        if os.path.isfile(index_path):
+            files = sorted(set(read_json(index_path, "weight index").get("weight_map", {}).values()))
+            paths = [os.path.join(directory, f) for f in files]
+            for p in paths:
+                if not os.path.isfile(p):
+                    raise UserError(f"'{index_path}' names shard '{p}', which does not exist")
+            if index_name.startswith("model.safetensors"):
+                return open_safetensors(paths, f"'{directory}'")
+            readers: dict = {}
+            for p in paths:
+                readers.update(open_torch(p)._readers)
+            return TensorSource(readers, f"'{directory}'")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            source = open_tensor_file(path)
+            source.where = f"'{directory}'"
+            return source
+    raise UserError(f"'{directory}' has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Writing safetensors one tensor at a time (each shard's data goes to a temporary file first, because the header,
+# which precedes the data, is only known once every tensor of the shard has been seen).
+
+DEFAULT_SHARD_BYTES = 4 << 30
+
+
+class _ShardWriter:
+    def __init__(self, path: str):
+        self.path, self.header, self.offset = path, {}, 0
+        self.tmp = open(path + ".data.tmp", "wb")
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        if name in self.header:
+            raise ValueError(f"tensor '{name}' written twice")
+        array = np.ascontiguousarray(array)
+        if array.dtype not in _ST_NAMES:
+            raise UserError(f"tensor '{name}' has dtype {array.dtype}, which safetensors cannot store")
+        self.tmp.write(memoryview(array.reshape(-1).view(np.uint8)))
+        self.header[name] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
+                             "data_offsets": [self.offset, self.offset + array.nbytes]}
+        self.offset += array.nbytes
+
+    def close(self) -> None:
+        self.tmp.close()
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self.header}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        with open(self.path, "wb") as out, open(self.tmp.name, "rb") as data:
+            out.write(struct.pack("<Q", len(header)))
+            out.write(header)
+            shutil.copyfileobj(data, out, 64 << 20)
+        os.remove(self.tmp.name)
+
+
+def write_safetensors(directory: str, tensors: Iterable[tuple[str, np.ndarray]], *, dtype=None,
+                      max_shard_bytes: int = DEFAULT_SHARD_BYTES, basename: str = "model") -> list[str]:
+    """Writes `basename.safetensors`, or numbered shards plus `basename.safetensors.index.json` when the tensors
+    exceed `max_shard_bytes`. Tensors are consumed one at a time (cast to `dtype` if given). Returns the files."""
+    os.makedirs(directory, exist_ok=True)
+    shards: list[_ShardWriter] = []
+    weight_map, total = {}, 0
+    for name, array in tensors:
+        array = np.asarray(array)
+        if dtype is not None and is_float(array.dtype):
+            array = array.astype(dtype, copy=False)
+        if not shards or (shards[-1].offset and shards[-1].offset + array.nbytes > max_shard_bytes):
+            if shards:
+                shards[-1].close()
+            shards.append(_ShardWriter(os.path.join(directory, f"{basename}.shard{len(shards):05d}.tmp")))
+        shards[-1].add(name, array)
+        total += array.nbytes
+        weight_map[name] = len(shards) - 1
+    if shards:
+        shards[-1].close()
+    n = len(shards)
+    names = ([f"{basename}.safetensors"] if n == 1 else
+             [f"{basename}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+    for shard, name in zip(shards, names):
+        os.replace(shard.path, os.path.join(directory, name))
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": {k: names[v] for k, v in weight_map.items()}}
+        with open(os.path.join(directory, f"{basename}.safetensors.index.json"), "w") as f:
+            json.dump(index, f, indent=2)
+    return names
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Configs (config.json) <-> our dataclasses.
+
+HF_ACT_TO_GELU = {"gelu": GELU_EXACT, "gelu_pytorch_tanh": GELU_TANH, "gelu_new": GELU_TANH}
+GELU_TO_HF_ACT = {GELU_EXACT: "gelu", GELU_TANH: "gelu_pytorch_tanh"}
+
+
+def _require(d: dict, key: str, where: str):
+    if key not in d:
+        raise UserError(f"{where} has no '{key}'")
+    return d[key]
+
+
+def qwen2_config_from_hf(d: dict, where: str = "config.json") -> Qwen2Config:
+    if d.get("model_type", "qwen2") != "qwen2":
+        raise UserError(f"{where}: model_type is '{d.get('model_type')}', expected 'qwen2' (a Qwen2 / Qwen2.5 LLM)")
+    if d.get("hidden_act", "silu") != "silu":
+        raise UserError(f"{where}: hidden_act '{d['hidden_act']}' is not supported (Qwen2 uses silu)")
+    if d.get("use_sliding_window"):
+        raise UserError(f"{where}: use_sliding_window=true is not supported")
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise UserError(f"{where}: rope scaling {rope} is not supported (only the default RoPE)")
+    hidden, heads = int(_require(d, "hidden_size", where)), int(_require(d, "num_attention_heads", where))
+    theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    return Qwen2Config(
+        vocab_size=int(_require(d, "vocab_size", where)), hidden_size=hidden,
+        intermediate_size=int(_require(d, "intermediate_size", where)),
+        num_layers=int(_require(d, "num_hidden_layers", where)), num_heads=heads,
+        num_kv_heads=int(d.get("num_key_value_heads") or heads), head_dim=int(d.get("head_dim") or hidden // heads),
+        rope_theta=float(theta), rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)))
+
+
+def qwen2_config_to_hf(cfg: Qwen2Config, base: dict | None = None, dtype: str = "float32") -> dict:
+    """config.json for Qwen2ForCausalLM; `base` (the source model's config.json, if known) keeps fields we do not
+    model, such as max_position_embeddings and the special token ids."""
+    d = {k: v for k, v in (base or {}).items() if k not in ("rope_scaling", "torch_dtype", "transformers_version")}
+    d.update({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+        "tie_word_embeddings": cfg.tie_word_embeddings, "use_sliding_window": False, "dtype": dtype,
+    })
+    d.setdefault("max_position_embeddings", 32768)
+    d.setdefault("attention_dropout", 0.0)
+    d.pop("layer_types", None)
+    return d
+
+
+def siglip_config_from_hf(d: dict, where: str = "config.json") -> SiglipConfig:
+    """A SiglipVisionConfig dict, or a SiglipConfig / LlavaConfig dict holding one under 'vision_config'."""
+    if "vision_config" in d:
+        d = d["vision_config"]
+        where = f"{where} vision_config"
+    act = d.get("hidden_act", "gelu_pytorch_tanh")
+    if act not in HF_ACT_TO_GELU:
+        raise UserError(f"{where}: hidden_act '{act}' is not supported (expected one of {sorted(HF_ACT_TO_GELU)})")
+    if int(d.get("num_channels", 3)) != 3:
+        raise UserError(f"{where}: num_channels {d['num_channels']} is not 3 (RGB)")
+    return SiglipConfig(
+        width=int(d.get("hidden_size", 768)), depth=int(d.get("num_hidden_layers", 12)),
+        mlp_dim=int(d.get("intermediate_size", 3072)), num_heads=int(d.get("num_attention_heads", 12)),
+        patch_size=int(d.get("patch_size", 16)), image_size=int(d.get("image_size", 224)),
+        layer_norm_eps=float(d.get("layer_norm_eps", 1e-6)), hidden_act=HF_ACT_TO_GELU[act])
+
+
+def siglip_config_to_hf(cfg: SiglipConfig, *, use_head: bool) -> dict:
+    return {"model_type": "siglip_vision_model", "hidden_size": cfg.width, "intermediate_size": cfg.mlp_dim,
+            "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads, "num_channels": 3,
+            "image_size": cfg.image_size, "patch_size": cfg.patch_size, "hidden_act": GELU_TO_HF_ACT[cfg.hidden_act],
+            "layer_norm_eps": cfg.layer_norm_eps, "attention_dropout": 0.0, "vision_use_head": use_head}
+
+
+def hf_vision_prefix(source: TensorSource) -> str:
+    prefix = source.find_prefix("embeddings.patch_embedding.weight", exclude=("text_model",))
+    if prefix is None:
+        raise UserError(f"{source.where} has no HF SigLIP vision weights ('...embeddings.patch_embedding.weight')")
+    return prefix
+
+
+# SigLIP towers whose image size is not grid * patch: So400m/14 at 384 px sees a 27 x 27 grid and never the last
+# 6 pixel rows/columns (384 = 27 * 14 + 6). Weight files without a config only tell us the grid.
+KNOWN_IMAGE_SIZES = {(14, 27): 384}
+# Attention heads cannot be read off fused or 2-D weight shapes; the released SigLIP widths (B, L, So400m, g).
+KNOWN_NUM_HEADS = {768: 12, 1024: 16, 1152: 16, 1536: 16}
+
+
+def siglip_image_size(patch_size: int, grid: int) -> int:
+    return KNOWN_IMAGE_SIZES.get((patch_size, grid), patch_size * grid)

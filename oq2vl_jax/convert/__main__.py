@@ -1,0 +1,116 @@
+"""`python -m oq2vl_jax.convert`: build oq2vl_jax checkpoints from pretrained / foreign weights and export them.
+
+  import --llm DIR --vision SRC --tokenizer DIR --out CKPT [--pool N]       HF Qwen2 + SigLIP (HF / timm / big_vision)
+  import --from prismatic DIR --out CKPT [--vision SRC] [--llm DIR] [--tokenizer DIR]
+  import --from hf-llava DIR --out CKPT
+  export --ckpt CKPT --to prismatic|hf-llava|hf-qwen2 --out DIR [--dtype bf16|fp32] [--step N] [--with-vision]
+
+Prints a short summary; a user mistake prints one `error:` line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+
+from oq2vl_jax.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m oq2vl_jax.convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    imp = sub.add_parser("import", help="build an oq2vl_jax checkpoint (step 0, params only)")
+    imp.add_argument("--from", dest="source", nargs=2, metavar=("KIND", "DIR"),
+                     help="read a prismatic run directory or an hf-llava directory instead of --llm/--vision")
+    imp.add_argument("--llm", help="HF Qwen2ForCausalLM directory (config.json + safetensors)")
+    imp.add_argument("--vision", help="SigLIP: HF directory, timm/open_clip .safetensors/.bin (or its directory), "
+                                      "or big_vision .npz")
+    imp.add_argument("--tokenizer", help="HF tokenizer directory of the LLM (defaults to --llm for HF imports)")
+    imp.add_argument("--out", required=True, help="checkpoint directory to create")
+    imp.add_argument("--pool", type=int, default=144, help="image tokens after pooling (a square; 144 pre-training, "
+                                                           "729 = the full 27x27 grid for SFT)")
+    imp.add_argument("--projector-seed", type=int, default=1152)
+    imp.add_argument("--feature-layer", type=int, help="vision block whose output is used (default -2)")
+    imp.add_argument("--image-size", type=int, help="vision input size, if the weights do not say")
+    imp.add_argument("--vision-heads", type=int, help="vision attention heads, if the weights do not say")
+    imp.add_argument("--gelu", choices=("exact", "tanh"), help="override the vision tower's GELU")
+
+    exp = sub.add_parser("export", help="write an oq2vl_jax checkpoint in a foreign format")
+    exp.add_argument("--ckpt", required=True, help="oq2vl_jax checkpoint directory (converter's or trainer's)")
+    exp.add_argument("--to", required=True, choices=("prismatic", "hf-llava", "hf-qwen2"))
+    exp.add_argument("--out", required=True, help="directory to create")
+    exp.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    exp.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    exp.add_argument("--with-vision", action="store_true", help="prismatic: also write vision_backbone")
+    exp.add_argument("--vision", help="take the vision parts the model does not run from this SigLIP source")
+    exp.add_argument("--model-id", help="prismatic: model.model_id in config.json")
+    return parser
+
+
+def _vision_overrides(args) -> dict:
+    overrides = {}
+    if args.feature_layer is not None:
+        overrides["feature_layer"] = args.feature_layer
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if args.vision_heads is not None:
+        overrides["num_heads"] = args.vision_heads
+    if args.gelu is not None:
+        overrides["hidden_act"] = {"exact": "gelu", "tanh": "gelu_tanh"}[args.gelu]
+    return overrides
+
+
+def run_import(args) -> list[str]:
+    from oq2vl_jax.convert import importer, llava, prismatic
+
+    if args.source is None:
+        if not args.llm or not args.vision:
+            raise UserError("import needs --llm DIR and --vision SRC (or --from prismatic|hf-llava DIR)")
+        imported = importer.import_sources(args.llm, args.vision, tokens_per_image=args.pool,
+                                           projector_seed=args.projector_seed,
+                                           vision_overrides=_vision_overrides(args))
+        return importer.save_imported(imported, args.out, args.tokenizer or args.llm)
+    kind, directory = args.source
+    if kind == "prismatic":
+        imported = prismatic.read(directory, vision_src=args.vision, llm_dir=args.llm)
+        tok = args.tokenizer or prismatic.tokenizer_dir(directory) or args.llm
+        if tok is None:
+            raise UserError(f"'{directory}' carries no tokenizer; pass --tokenizer DIR (the Qwen2.5 tokenizer)")
+        return importer.save_imported(imported, args.out, tok)
+    if kind == "hf-llava":
+        imported, tok = llava.read(directory)
+        try:
+            return importer.save_imported(imported, args.out, args.tokenizer or tok)
+        finally:
+            shutil.rmtree(tok, ignore_errors=True)
+    raise UserError(f"unknown --from kind '{kind}'; choose prismatic or hf-llava")
+
+
+def run_export(args) -> list[str]:
+    from oq2vl_jax.convert import exporter
+
+    return exporter.export(args.ckpt, args.to, args.out, dtype=args.dtype, step=args.step,
+                           with_vision=args.with_vision, vision_src=args.vision, model_id=args.model_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("absl", "jax", "orbax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        lines = run_import(args) if args.command == "import" else run_export(args)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    for line in lines:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Hugging Face LLaVA directories (`LlavaForConditionalGeneration` + `LlavaProcessor`), both ways.
+
+The export loads in transformers with no custom code: SigLIP vision tower, `vision_feature_layer` = our feature layer
+(-2: the second-to-last block, no final norm), `vision_feature_select_strategy="full"` (every patch), a
+Linear -> GELU (exact) -> Linear projector = our fc1 / fc2, the Qwen2 LLM. LLaVA has no pooling, so only models whose
+tokens_per_image equals the patch count (729 for So400m/14@384, the SFT model) fit. The processor resizes to the
+tower's image size with PIL bicubic and normalises with mean = std = 0.5 (the reference's preprocessing; with
+torchvision installed pass `backend="pil"` to AutoProcessor to keep PIL's resize), and its chat template writes the
+reference's SFT prompt (REFERENCE.md §3.7).
+
+Key names (transformers 5): model.vision_tower.*, model.multi_modal_projector.linear_{1,2}.*,
+model.language_model.*, lm_head.weight; transformers 4 names (vision_tower.vision_model.*, multi_modal_projector.*,
+language_model.model.*, language_model.lm_head.weight) are read too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+
+from oq2vl_jax.convert import hf, importer, tokenizer
+from oq2vl_jax.errors import UserError
+from oq2vl_jax.models.presets import VLMConfig
+
+# The reference's SFT prompt (qwen2_prompter.py): a fixed system prefix with the first user turn, "assistant\n"
+# glued to the user turn's <|im_end|> (no "\n<|im_start|>"), assistant turns closed by "<|im_end|>\n", messages
+# stripped. The reference tokenizes "<image>\nQuestion" in chunks and drops the "\n" after the image; the template
+# writes "<image>Question" so the token stream is the one the model was trained on. A system message replaces the
+# default system text.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system='You are a helpful assistant.') -%}"
+    "{%- for message in messages if message['role'] == 'system' -%}"
+    "{%- if message['content'] is string -%}{%- set ns.system = message['content'] | trim -%}"
+    "{%- else -%}{%- set ns.system = (message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('')) | trim -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set ns.first = true -%}"
+    "{%- for message in messages if message['role'] != 'system' -%}"
+    "{%- if message['content'] is string -%}{%- set text = message['content'] | replace('<image>\\n', '<image>') -%}"
+    "{%- else -%}{%- set text = namespace(s='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set text.s = text.s + '<image>' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set text.s = text.s + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}{%- set text = text.s -%}{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if ns.first -%}<s><|im_start|>system\\n{{ ns.system }}<|im_end|>\\n{%- set ns.first = false -%}{%- endif -%}"
+    "<|im_start|>user\\n{{ text | trim }}<|im_end|>assistant\\n"
+    "{%- else -%}{{ (text | trim) if (text | trim) else ' ' }}<|im_end|>\\n"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+V5 = {"vision": "model.vision_tower.", "projector": "model.multi_modal_projector.", "llm": "model.language_model.",
+      "lm_head": "lm_head.weight"}
+V4 = {"vision": "vision_tower.vision_model.", "projector": "multi_modal_projector.", "llm": "language_model.model.",
+      "lm_head": "language_model.lm_head.weight"}
+
+
+def feature_layer_to_llava(cfg) -> int:
+    """Our block index from the end -> LLaVA's index into hidden_states (embeddings first, then each block)."""
+    return cfg.num_blocks_run - 1 - cfg.depth
+
+
+def check_exportable(config: VLMConfig) -> None:
+    if config.tokens_per_image != config.vision.num_patches:
+        raise UserError(
+            f"hf-llava holds only models that give every patch to the LLM (tokens_per_image == "
+            f"{config.vision.num_patches}); this checkpoint pools to {config.tokens_per_image} tokens and LLaVA has "
+            f"no pooling. Export --to prismatic instead, or re-import with --pool {config.vision.num_patches} "
+            "after SFT")
+
+
+def _zero_blocks(config: VLMConfig, like: dict) -> dict:
+    count = config.vision.depth - config.vision.num_blocks_run
+    return {name: {k: np.zeros((count,) + np.shape(v)[1:], np.asarray(v).dtype) for k, v in part.items()}
+            for name, part in like.items()}
+
+
+def _tensors(config: VLMConfig, params: dict, extra: dict):
+    cfg = config
+    yield from hf.siglip_to_hf(params["vision"], prefix=V5["vision"], extra=extra)
+    if "norm" not in extra:  # SiglipVisionTransformer always has post_layernorm (unused by LLaVA); identity values
+        d = cfg.vision.width
+        yield V5["vision"] + "post_layernorm.weight", np.ones(d, np.float32)
+        yield V5["vision"] + "post_layernorm.bias", np.zeros(d, np.float32)
+    for ours, theirs in (("fc1", "linear_1"), ("fc2", "linear_2")):
+        yield from hf._dense_to_hf(params["projector"][ours], V5["projector"] + theirs)
+    yield from hf.qwen2_to_hf(params["llm"], cfg.llm, prefix=V5["llm"],
+                              lm_head=None if cfg.llm.tie_word_embeddings else V5["lm_head"], consume=True)
+
+
+def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | None, *, dtype, tokenizer_dir: str,
+           llm_hf_config: dict | None = None) -> list[str]:
+    import transformers
+
+    check_exportable(config)
+    if tokenizer_dir is None:
+        raise UserError("hf-llava export needs the checkpoint's tokenizer (CKPT/tokenizer), which is missing")
+    lines = []
+    extra = dict(vision_extra or {})
+    if config.vision.depth > config.vision.num_blocks_run and "blocks" not in extra:
+        extra["blocks"] = _zero_blocks(config, params["vision"]["blocks"])
+        lines.append("warning: vision blocks after the feature layer are not in the checkpoint; written as zeros "
+                     "(LLaVA never uses their output; pass --vision SRC to write the real ones)")
+    tok = tokenizer.load(tokenizer_dir)
+    image_id = tokenizer.add_image_token(tok, config.llm.vocab_size, tokenizer_dir)
+    vision_cfg = hf.siglip_config_to_hf(config.vision, use_head="head" in extra)
+    text_cfg = hf.qwen2_config_to_hf(config.llm, llm_hf_config)
+    llava_cfg = transformers.LlavaConfig(
+        vision_config=transformers.SiglipVisionConfig(**vision_cfg),
+        text_config=transformers.Qwen2Config(**text_cfg), image_token_index=image_id,
+        image_seq_length=config.tokens_per_image, projector_hidden_act="gelu",
+        vision_feature_select_strategy="full", vision_feature_layer=feature_layer_to_llava(config.vision),
+        multimodal_projector_bias=True, tie_word_embeddings=config.llm.tie_word_embeddings,
+        pad_token_id=tok.pad_token_id)
+    llava_cfg.architectures = ["LlavaForConditionalGeneration"]
+    os.makedirs(out_dir, exist_ok=True)
+    files = hf.write_safetensors(out_dir, _tensors(config, params, extra), dtype=dtype)
+    llava_cfg.dtype = "bfloat16" if np.dtype(dtype).itemsize == 2 else "float32"
+    llava_cfg.save_pretrained(out_dir)
+    size = config.vision.image_size
+    image_processor = transformers.SiglipImageProcessorPil(
+        size={"height": size, "width": size}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
+    processor = transformers.LlavaProcessor(
+        image_processor=image_processor, tokenizer=tok, patch_size=config.vision.patch_size,
+        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=tokenizer.IMAGE_TOKEN,
+        num_additional_image_tokens=0)
+    processor.save_pretrained(out_dir)
+    lines.append(f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
+                 f"tokens, vision_feature_layer {feature_layer_to_llava(config.vision)}, vision hidden_act "
+                 f"{vision_cfg['hidden_act']}")
+    return lines
+
+
+def _layout(source: hf.TensorSource) -> dict:
+    for names in (V5, V4):
+        if names["projector"] + "linear_1.weight" in source:
+            return names
+    raise UserError(f"{source.where}: no 'multi_modal_projector.linear_1.weight'; not a LLaVA checkpoint")
+
+
+def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
+    """(imported weights, a temporary tokenizer directory without `<image>`); the caller removes the latter."""
+    config_path = os.path.join(directory, "config.json")
+    d = hf.read_json(config_path, "LLaVA config")
+    if d.get("model_type") != "llava":
+        raise UserError(f"'{config_path}' has model_type '{d.get('model_type')}', expected 'llava'")
+    text = d.get("text_config") or {}
+    llm_cfg = hf.qwen2_config_from_hf(text, f"{config_path} text_config")
+    if d.get("tie_word_embeddings") or text.get("tie_word_embeddings"):
+        llm_cfg = dataclasses.replace(llm_cfg, tie_word_embeddings=True)
+    layer = d.get("vision_feature_layer", -2)
+    if not isinstance(layer, int) or layer == 0:
+        raise UserError(f"'{config_path}': vision_feature_layer {layer!r} is not supported (one block's output)")
+    for key, want in (("vision_feature_select_strategy", "full"), ("projector_hidden_act", "gelu"),
+                      ("multimodal_projector_bias", True)):
+        if d.get(key, want) != want:
+            raise UserError(f"'{config_path}': {key}={d.get(key)!r} is not supported (expected {want!r})")
+    source = hf.open_hf_weights(directory)
+    names = _layout(source)
+    vision_cfg, vision, extra, _ = importer.vision_from_source(
+        _Prefixed(source, names["vision"]), dtype=dtype, hf_config=d,
+        overrides={"feature_layer": layer if layer < 0 else layer - 1})
+    config = VLMConfig(vision=vision_cfg, llm=llm_cfg, tokens_per_image=vision_cfg.num_patches)
+    config.validate()
+    if d.get("image_seq_length", config.tokens_per_image) != config.tokens_per_image:
+        raise UserError(f"'{config_path}': image_seq_length {d['image_seq_length']} != the tower's "
+                        f"{config.tokens_per_image} patches")
+    get = source.getter("", dtype)
+    projector = importer.check_projector({
+        "fc1": hf._dense_from_hf(get, names["projector"] + "linear_1"),
+        "fc2": hf._dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
+    llm = hf.qwen2_from_hf(get, llm_cfg, prefix=names["llm"], lm_head=names["lm_head"])
+    tok_dir = tempfile.mkdtemp(prefix="oq2vl_llava_tok_")
+    tokenizer.strip_added_token(directory, tok_dir, tokenizer.IMAGE_TOKEN)
+    hf_text = {k: v for k, v in text.items() if k not in ("architectures",)}
+    return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra,
+                             [f"hf-llava {directory}"], hf_text), tok_dir
+
+
+class _Prefixed(hf.TensorSource):
+    """The vision tower's tensors of a LLaVA checkpoint, renamed to HF SigLIP's own names."""
+
+    def __init__(self, source: hf.TensorSource, prefix: str):
+        super().__init__({n[len(prefix):]: (lambda n=n: source.get(n)) for n in source.names if n.startswith(prefix)},
+                         source.where)
+
