@@ -49,7 +49,6 @@ def apply_vision_overrides(cfg: SiglipConfig, overrides: dict | None, where: str
     if new.grid != cfg.grid:
         raise UserError(f"vision image_size={new.image_size} gives a {new.grid}x{new.grid} patch grid, but the "
                         f"position embeddings of {where} are for {cfg.grid}x{cfg.grid}")
-    new.validate()
     return new
 
 
@@ -75,6 +74,7 @@ def vision_from_source(source: hf.TensorSource, *, overrides: dict | None = None
         prefix = hf.hf_vision_prefix(source)
         cfg = apply_vision_overrides(hf.siglip_config_from_hf(hf_config, f"{source.where} config.json"), overrides,
                                      source.where)
+        cfg.validate()
         get = source.getter(prefix, dtype)
         vision = hf.siglip_from_hf(get, cfg, prefix="")
         extra = hf.siglip_extra_from_hf(get, {n[len(prefix):] for n in source.names if n.startswith(prefix)}, cfg,
@@ -84,11 +84,13 @@ def vision_from_source(source: hf.TensorSource, *, overrides: dict | None = None
     if prefix is not None:
         cfg = apply_vision_overrides(timm.config_from_weights(source, prefix, path), overrides, source.where)
         cfg = timm.with_heads(cfg, source.where)
+        cfg.validate()
         vision, extra = timm.vision_from_timm(source, cfg, prefix, dtype)
         return cfg, vision, extra, "timm"
     prefix = big_vision.find_prefix(source)
     if prefix is not None:
         cfg = apply_vision_overrides(big_vision.config_from_weights(source, prefix), overrides, source.where)
+        cfg.validate()
         vision, extra = big_vision.vision_from_big_vision(source, cfg, prefix, dtype)
         return cfg, vision, extra, "big_vision"
     if source.find_prefix("embeddings.patch_embedding.weight") is not None:

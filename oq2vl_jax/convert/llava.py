@@ -28,27 +28,28 @@ from oq2vl_jax.models.presets import VLMConfig
 # The reference's SFT prompt (qwen2_prompter.py): a fixed system prefix with the first user turn, "assistant\n"
 # glued to the user turn's <|im_end|> (no "\n<|im_start|>"), assistant turns closed by "<|im_end|>\n", messages
 # stripped. The reference tokenizes "<image>\nQuestion" in chunks and drops the "\n" after the image; the template
-# writes "<image>Question" so the token stream is the one the model was trained on. A system message replaces the
-# default system text.
-CHAT_TEMPLATE = (
-    "{%- set ns = namespace(system='You are a helpful assistant.') -%}"
+# writes "<image>Question" so the token stream is the one the model was trained on. Text parts of list contents are
+# stripped and joined to their images without a separator. A system message replaces the default system text.
+CHAT_TEMPLATE = (  # literal text only inside {{ '...' }} so whitespace control never eats a newline
+    "{%- set ns = namespace(system='You are a helpful assistant.', first=true) -%}"
     "{%- for message in messages if message['role'] == 'system' -%}"
     "{%- if message['content'] is string -%}{%- set ns.system = message['content'] | trim -%}"
     "{%- else -%}{%- set ns.system = (message['content'] | selectattr('type', 'equalto', 'text') "
     "| map(attribute='text') | join('')) | trim -%}{%- endif -%}"
     "{%- endfor -%}"
-    "{%- set ns.first = true -%}"
     "{%- for message in messages if message['role'] != 'system' -%}"
     "{%- if message['content'] is string -%}{%- set text = message['content'] | replace('<image>\\n', '<image>') -%}"
-    "{%- else -%}{%- set text = namespace(s='') -%}"
+    "{%- else -%}{%- set parts = namespace(s='') -%}"
     "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{%- set text.s = text.s + '<image>' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set text.s = text.s + part['text'] -%}{%- endif -%}"
-    "{%- endfor -%}{%- set text = text.s -%}{%- endif -%}"
+    "{%- if part['type'] == 'image' -%}{%- set parts.s = parts.s + '<image>' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set parts.s = parts.s + (part['text'] | trim) -%}{%- endif -%}"
+    "{%- endfor -%}{%- set text = parts.s -%}{%- endif -%}"
+    "{%- set text = text | trim -%}"
     "{%- if message['role'] == 'user' -%}"
-    "{%- if ns.first -%}<s><|im_start|>system\\n{{ ns.system }}<|im_end|>\\n{%- set ns.first = false -%}{%- endif -%}"
-    "<|im_start|>user\\n{{ text | trim }}<|im_end|>assistant\\n"
-    "{%- else -%}{{ (text | trim) if (text | trim) else ' ' }}<|im_end|>\\n"
+    "{%- if ns.first -%}{{ '<s><|im_start|>system\\n' + ns.system + '<|im_end|>\\n' }}"
+    "{%- set ns.first = false -%}{%- endif -%}"
+    "{{ '<|im_start|>user\\n' + text + '<|im_end|>assistant\\n' }}"
+    "{%- else -%}{{ (text if text else ' ') + '<|im_end|>\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
 )

@@ -159,7 +159,13 @@ def read(directory: str, *, vision_src: str | None = None, llm_dir: str | None =
             raise UserError(f"'{ckpt_path}' has no '{module}' state dict (the reference requires it)")
     ours, llm_cfg, llm_hf_config = _vlm_config(directory, run, source, llm_dir)
     llm_get = source.getter(f"model.llm_backbone.{LLM_PREFIX}", dtype)
-    llm = hf.qwen2_from_hf(llm_get, llm_cfg, prefix="model.")
+    try:
+        llm = hf.qwen2_from_hf(llm_get, llm_cfg, prefix="model.")
+    except UserError as e:
+        if ours is None and llm_dir is None:  # sizes were guessed from llm_backbone_id
+            raise UserError(f"{e} (sizes taken from llm_backbone_id '{run['model'].get('llm_backbone_id')}'; "
+                            "pass --llm DIR with the LLM's config.json)") from e
+        raise
     if llm_cfg.tie_word_embeddings and not np.array_equal(llm_get("lm_head.weight"), llm["embed"]):
         raise UserError(f"'{ckpt_path}': lm_head differs from embed_tokens but the LLM config ties them")
     description = [f"llm, projector: prismatic checkpoint {ckpt_path}"]
