@@ -65,17 +65,27 @@ def _vision_overrides(args) -> dict:
     return overrides
 
 
+def _check_tokenizer_early(directory: str | None) -> None:
+    """Fails before minutes of weight reading when the tokenizer is unusable."""
+    from oq2vl_jax.convert import tokenizer
+
+    if directory is not None:
+        tokenizer.check_qwen2(tokenizer.load(directory), directory)
+
+
 def run_import(args) -> list[str]:
     from oq2vl_jax.convert import importer, llava, prismatic
 
     if args.source is None:
         if not args.llm or not args.vision:
             raise UserError("import needs --llm DIR and --vision SRC (or --from prismatic|hf-llava DIR)")
+        _check_tokenizer_early(args.tokenizer or args.llm)
         imported = importer.import_sources(args.llm, args.vision, tokens_per_image=args.pool,
                                            projector_seed=args.projector_seed,
                                            vision_overrides=_vision_overrides(args))
         return importer.save_imported(imported, args.out, args.tokenizer or args.llm)
     kind, directory = args.source
+    _check_tokenizer_early(args.tokenizer)
     if kind == "prismatic":
         imported = prismatic.read(directory, vision_src=args.vision, llm_dir=args.llm)
         tok = args.tokenizer or prismatic.tokenizer_dir(directory) or args.llm
