@@ -92,3 +92,17 @@ def test_max_pixels_is_configurable():
     with pytest.raises(BadImage, match="image_too_large"):
         probe_image(data, max_pixels=9_999)
     load_image(data, 8, max_pixels=0)  # 0 disables our limit
+
+
+def test_jpeg_draft_is_opt_in_and_only_changes_large_jpegs():
+    small = noise_image_bytes((500, 400), seed=3, fmt="JPEG")
+    np.testing.assert_array_equal(load_image(small, 384, jpeg_draft=True)[0], reference_preprocess(small, 384))
+    arr = np.asarray(Image.open(io.BytesIO(noise_image_bytes((64, 64), seed=4))).resize((1600, 1600)))
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    large = buf.getvalue()
+    exact, _ = load_image(large, 384)
+    np.testing.assert_array_equal(exact, reference_preprocess(large, 384))
+    fast, _ = load_image(large, 384, jpeg_draft=True)
+    assert fast.shape == exact.shape and not np.array_equal(fast, exact)
+    assert np.abs(fast.astype(int) - exact).mean() < 8  # same picture, different pixels

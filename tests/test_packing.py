@@ -4,7 +4,7 @@ import grain
 import numpy as np
 import pytest
 
-from oq2vl_jax.data.packing import FFDPackIterDataset, PackedDocument, ffd_pack
+from oq2vl_jax.data.packing import FFDPackIterDataset, PackedDocument, _largest_subset, ffd_fill_pack, ffd_pack
 from oq2vl_jax.data.tokenizer import DocumentLayout
 
 T = 4  # tokens per image in these tests
@@ -117,11 +117,11 @@ def test_round_of_only_skips_emits_an_empty_row():
     assert list(packed([], row_length=64, max_images_per_row=3, buffer_size=10)) == []
 
 
-@pytest.mark.parametrize("shuffle_rows", [False, True])
-def test_checkpoint_restore_reproduces_every_following_row(shuffle_rows):
+@pytest.mark.parametrize("shuffle_rows,algorithm", [(False, "ffd"), (True, "ffd"), (True, "ffd_fill")])
+def test_checkpoint_restore_reproduces_every_following_row(shuffle_rows, algorithm):
     docs = random_docs(45, 11)
     ds = packed(elements(docs, skip_every=5), row_length=64, max_images_per_row=3, buffer_size=12, seed=3,
-                shuffle_rows=shuffle_rows)
+                shuffle_rows=shuffle_rows, algorithm=algorithm)
 
     def key(row):
         return ([d.doc_id for d in row["documents"]], sorted(row["stats"].items()))
@@ -155,3 +155,40 @@ def test_grain_checkpoint_helper_agrees():
     # the helper compares elements with ==; map rows to comparable ids first
     ids = ds.map(lambda r: np.asarray([d.doc_id[1] for d in r["documents"]] or [-1]))
     grain.experimental.assert_equal_output_after_checkpoint(ids)
+
+
+def test_largest_subset_is_optimal_on_small_cases():
+    import itertools
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(1, 30, int(rng.integers(0, 9))).tolist()
+        room = int(rng.integers(0, 80))
+        chosen = _largest_subset(range(len(lengths)), lengths, room)
+        assert len(set(chosen)) == len(chosen) and sum(lengths[i] for i in chosen) <= room
+        best = max((sum(c) for k in range(len(lengths) + 1) for c in itertools.combinations(lengths, k)
+                    if sum(c) <= room), default=0)
+        assert sum(lengths[i] for i in chosen) == best
+
+
+def caption_like_lengths(n, seed, t_img=144):
+    """Document lengths like captioned images: <s> + image + "\n" + 5-60 words (~1.3 tokens each) + <|im_end|>."""
+    words = np.clip(np.round(np.random.default_rng(seed).lognormal(np.log(12), 0.55, n)), 5, 60)
+    return (t_img + 3 + np.round(words * 1.3)).astype(int).tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ffd_fill_keeps_every_item_respects_limits_and_fills_better(seed):
+    lengths = caption_like_lengths(2048, seed)
+    images = [1] * len(lengths)
+    rows = ffd_fill_pack(lengths, images, 4096, 27)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 4096 and len(r) <= 27 for r in rows)
+    plain = ffd_pack(lengths, images, 4096, 27)
+    assert len(rows) < len(plain)
+    assert len(rows) == -(-sum(lengths) // 4096)  # as few rows as the tokens allow
+    assert rows == ffd_fill_pack(lengths, images, 4096, 27)  # deterministic
+    # mixed lengths, text-only documents and a binding image cap still pack every item within limits
+    mixed = random_docs(300, seed)
+    rows = ffd_fill_pack([d.length for d in mixed], [d.num_images for d in mixed], 64, 3)
+    assert sorted(i for r in rows for i in r) == list(range(300))
+    assert all(sum(mixed[i].length for i in r) <= 64 and sum(mixed[i].num_images for i in r) <= 3 for r in rows)

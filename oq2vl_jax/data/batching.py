@@ -45,18 +45,20 @@ class BatchAssembler:
 
     def __init__(self, *, rows_per_batch: int, row_length: int, max_images_per_row: int, image_size: int,
                  tokens_per_image: int, label_mode: str = "default", resize_mode: str = "squash",
-                 max_image_pixels: int = 0):
+                 max_image_pixels: int = 0, jpeg_draft: bool = False):
         if label_mode not in LABEL_MODES:
             raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
         self.rows_per_batch, self.row_length, self.max_images = rows_per_batch, row_length, max_images_per_row
         self.image_size, self.tokens_per_image = image_size, tokens_per_image
         self.label_mode, self.resize_mode, self.max_image_pixels = label_mode, resize_mode, max_image_pixels
+        self.jpeg_draft = jpeg_draft
 
     def _decode(self, document, stats: dict) -> list[np.ndarray] | None:
         decoded = []
         for data in document.images:
             try:
-                array, repaired = load_image(data, self.image_size, self.resize_mode, self.max_image_pixels)
+                array, repaired = load_image(data, self.image_size, self.resize_mode, self.max_image_pixels,
+                                             self.jpeg_draft)
             except BadImage as e:
                 stats[e.reason] += 1
                 return None

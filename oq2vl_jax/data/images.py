@@ -84,12 +84,18 @@ def resize(img: Image.Image, image_size: int, resize_mode: str = "squash") -> Im
 
 
 def load_image(data: bytes, image_size: int, resize_mode: str = "squash",
-               max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, bool]:
-    """Decodes, converts to RGB and resizes; returns (uint8 [S, S, 3], mode_repaired). Raises BadImage."""
+               max_pixels: int = MAX_IMAGE_PIXELS, jpeg_draft: bool = False) -> tuple[np.ndarray, bool]:
+    """Decodes, converts to RGB and resizes; returns (uint8 [S, S, 3], mode_repaired). Raises BadImage.
+
+    jpeg_draft (opt-in, NOT bit-exact with the reference): let libjpeg decode JPEGs at 1/2, 1/4 or 1/8 scale when
+    they are at least that many times larger than image_size; much faster on large photos, different pixels.
+    """
     if not data:
         raise BadImage("image_corrupt", "empty image bytes")
     img = _open(data, max_pixels)
     try:
+        if jpeg_draft and img.format == "JPEG":
+            img.draft("RGB", (image_size, image_size))
         img.load()
         img, repaired = to_rgb(img)
         out = np.asarray(resize(img, image_size, resize_mode), dtype=np.uint8)

@@ -29,7 +29,7 @@ import numpy as np
 from oq2vl_jax.data import images as images_lib
 from oq2vl_jax.data.batching import LABEL_MODES, BatchAssembler
 from oq2vl_jax.data.images import BadImage, probe_image
-from oq2vl_jax.data.packing import FFDPackIterDataset, PackedDocument
+from oq2vl_jax.data.packing import PACKING_ALGORITHMS, FFDPackIterDataset, PackedDocument
 from oq2vl_jax.data.sources import CONVERSATION_KINDS, open_source
 from oq2vl_jax.data.stats import SKIP_REASONS, STATS_KEYS, DataStats  # noqa: F401  (re-exported)
 from oq2vl_jax.data.tokenizer import (TextEncoder, caption_document, interleaved_document, load_tokenizer,
@@ -51,7 +51,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         "resize_mode": "squash",        # "squash" (the reference) | "pad" (keep aspect ratio, grey borders)
         "row_length": 4096,
         "max_images_per_row": 0,        # 0 = as many as can fit: row_length // (tokens_per_image + 3)
-        "pack_buffer": 1024,            # documents per FFD round (memory: encoded bytes of that many images)
+        "packing": "ffd_fill",          # "ffd_fill" (FFD + exact tail fill, >= 99% fill) | "ffd" (plain, as the reference)
+        "pack_buffer": 2048,            # documents per packing round (memory: encoded bytes of that many images)
         "overlong": "truncate",         # documents longer than row_length: "truncate" (text only) | "drop"
         "label_mode": "default",        # "default" | "reference_compat"
         "num_epochs": -1,               # -1 = forever
@@ -61,6 +62,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         "shuffle": True,
         "shuffle_rows": True,           # emit each FFD round's rows in a seeded random order
         "max_image_pixels": images_lib.MAX_IMAGE_PIXELS,
+        "jpeg_draft": False,            # opt-in faster JPEG decode of large images; NOT bit-exact with the reference
         "conversation_formatter": "",   # "module:function" turning llava/mammoth records into documents (SFT)
     })
 
@@ -85,7 +87,8 @@ def resolve_config(data_cfg: Any) -> dict:
         value = cfg[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise UserError(f"data.{name} must be an integer >= {low}, got {value!r}")
-    choices = {"resize_mode": images_lib.RESIZE_MODES, "overlong": OVERLONG_POLICIES, "label_mode": LABEL_MODES}
+    choices = {"resize_mode": images_lib.RESIZE_MODES, "overlong": OVERLONG_POLICIES, "label_mode": LABEL_MODES,
+               "packing": PACKING_ALGORITHMS}
     for name, options in choices.items():
         if cfg[name] not in options:
             raise UserError(f"data.{name} must be one of {options}, got {cfg[name]!r}")
@@ -253,11 +256,13 @@ def build_dataset(data_cfg: Any, *, tokens_per_image: int, rows_per_batch: int, 
     ds = records.map(builder).to_iter_dataset(
         grain.ReadOptions(num_threads=cfg["read_threads"], prefetch_buffer_size=max(16, 4 * cfg["read_threads"])))
     ds = FFDPackIterDataset(ds, row_length=cfg["row_length"], max_images_per_row=max_images,
-                            buffer_size=cfg["pack_buffer"], seed=seed, shuffle_rows=cfg["shuffle_rows"] and train)
+                            buffer_size=cfg["pack_buffer"], seed=seed, shuffle_rows=cfg["shuffle_rows"] and train,
+                            algorithm=cfg["packing"])
     assembler = BatchAssembler(rows_per_batch=rows_per_batch, row_length=cfg["row_length"],
                                max_images_per_row=max_images, image_size=cfg["image_size"],
                                tokens_per_image=tokens_per_image, label_mode=cfg["label_mode"],
-                               resize_mode=cfg["resize_mode"], max_image_pixels=cfg["max_image_pixels"])
+                               resize_mode=cfg["resize_mode"], max_image_pixels=cfg["max_image_pixels"],
+                               jpeg_draft=bool(cfg["jpeg_draft"]))
     ds = ds.batch(rows_per_batch, batch_fn=assembler)
     if cfg["worker_count"] > 0:
         from absl import flags
