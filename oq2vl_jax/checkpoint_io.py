@@ -49,15 +49,27 @@ def copy_tokenizer(src_dir: str, ckpt_dir: str) -> str:
     return dst
 
 
+def _host_tree_handler() -> ocp.PyTreeCheckpointHandler:
+    """Orbax's handler without its defensive deep copy of numpy arrays (pointless for a synchronous save), so saving
+    a host tree never holds it twice: a full-size conversion fits in half the memory."""
+    th = ocp.type_handlers
+    registry = th.create_type_handler_registry(
+        (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)), (jax.Array, th.ArrayHandler()),
+        (int, th.ScalarHandler()), (float, th.ScalarHandler()), (np.number, th.ScalarHandler()))
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 def save_params(ckpt_dir: str, params: dict, config: VLMConfig, *, step: int = 0, tokenizer_dir: str | None = None,
                 extra_items: dict[str, dict] | None = None, **meta: Any) -> str:
     """Writes a params-only checkpoint (what `convert import` produces) and waits for it to land. `extra_items` are
     further array trees saved as their own items (e.g. {VISION_EXTRA: tree}); read them back with `load_item`."""
     extra_items = {k: v for k, v in (extra_items or {}).items() if v}
-    with manager(ckpt_dir, async_save=False, item_names=("params", "meta", *extra_items)) as mngr:
-        items = {name: ocp.args.StandardSave(tree) for name, tree in extra_items.items()}
-        mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                meta=ocp.args.JsonSave(make_meta(config, **meta)), **items))
+    trees = {"params": params, **extra_items}
+    handlers = {name: _host_tree_handler() for name in trees} | {"meta": ocp.JsonCheckpointHandler()}
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True)
+    with ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options, item_handlers=handlers) as mngr:
+        mngr.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(make_meta(config, **meta)),
+                                                **{name: ocp.args.PyTreeSave(tree) for name, tree in trees.items()}))
         mngr.wait_until_finished()
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, ckpt_dir)
