@@ -65,13 +65,14 @@ def bench_config(cfg, tiny: bool) -> tuple[VLMConfig, dict]:
                                           slots=_SLOTS.value)
 
 
-def run_step_bench(cfg, *, rows: int, steps: int, warmup: int, tiny: bool, matmul_size: int) -> dict:
+def run_step_bench(cfg, *, rows: int, steps: int, warmup: int, tiny: bool, matmul_size: int,
+                   devices=None) -> dict:
     config, shape = bench_config(cfg, tiny)
     options = model_options(cfg.model)
     if tiny:
         options = dataclasses.replace(options, compute_dtype="float32", attention="xla", loss_chunk=128)
     stage = cfg.train.stage
-    devices = jax.devices()
+    devices = list(devices or jax.devices())
     mesh = parallel.build_mesh({"data": 1, "fsdp": -1, "tensor": 1}, devices)
     if rows % parallel.batch_shards(mesh):
         raise UserError(f"--rows={rows} must be a multiple of the {parallel.batch_shards(mesh)} devices")

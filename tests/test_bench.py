@@ -1,5 +1,6 @@
 """The step benchmark and its synthetic rows (the benchmark itself runs on GPUs; here its tiny mode on CPU)."""
 
+import jax
 import numpy as np
 
 from configs import demo
@@ -20,7 +21,8 @@ def test_pretraining_rows_look_like_the_papers_packed_data():
 
 
 def test_tiny_step_benchmark_runs_and_counts_flops():
-    result = bench.run_step_bench(demo.get_config(), rows=8, steps=1, warmup=1, tiny=True, matmul_size=0)
+    result = bench.run_step_bench(demo.get_config(), rows=2, steps=1, warmup=1, tiny=True, matmul_size=0,
+                                    devices=jax.devices()[:1])
     assert result["step_ms"] > 0 and np.isfinite(result["loss"])
     assert result["tokens_per_s"] == result["real_tokens"] / (result["step_ms"] / 1e3)
     assert result["tflops_per_device"] > 0
