@@ -110,10 +110,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     qwen, vision = os.path.join(work, "qwen2.5-1.5b"), os.path.join(work, "so400m")
     t = time.time()
-    write_qwen2(qwen, rng)
-    write_so400m(vision, rng)
+    if not os.path.isfile(os.path.join(qwen, "config.json")):  # reuse the sources of an earlier --keep run
+        write_qwen2(qwen, rng)
+    if not os.path.isfile(os.path.join(vision, "open_clip_model.safetensors")):
+        write_so400m(vision, rng)
     tok = build_tiny_tokenizer(os.path.join(work, "tokenizer"), ["True False Yes No " * 40], vocab_size=400)
-    print(f"sources written in {time.time() - t:.0f}s")
+    print(f"sources ready in {time.time() - t:.0f}s")
+    for name in ("ck", "pr", "ll", "q2"):
+        shutil.rmtree(os.path.join(work, name), ignore_errors=True)
     ck = os.path.join(work, "ck")
     forms = [("import (HF Qwen2 bf16 + timm So400m, --pool 729)",
               ["import", "--llm", qwen, "--vision", vision, "--tokenizer", tok, "--out", ck, "--pool", "729"]),

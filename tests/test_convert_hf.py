@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -85,6 +86,14 @@ def test_projector_init_is_the_references(hf_llm, hf_vision):
     _, params = importer.import_pretrained(hf_llm[0], hf_vision[0], tokens_per_image=9)
     assert np.array_equal(params["projector"]["fc1"]["kernel"], reference[0].weight.detach().numpy().T)
     assert np.array_equal(params["projector"]["fc2"]["bias"], reference[2].bias.detach().numpy())
+
+
+def test_projector_init_without_torch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    tree = importer.init_projector(32, 64, seed=7)
+    assert tree["fc1"]["kernel"].shape == (32, 64) and tree["fc2"]["bias"].dtype == np.float32
+    assert np.abs(tree["fc1"]["kernel"]).max() <= 32 ** -0.5 and np.abs(tree["fc2"]["kernel"]).max() <= 64 ** -0.5
+    assert_trees_equal(tree, importer.init_projector(32, 64, seed=7))
 
 
 def test_safetensors_writer_shards_and_reads_back(tmp_path):

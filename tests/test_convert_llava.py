@@ -86,3 +86,29 @@ def test_pooled_checkpoint_is_refused(tmp_path, imported_ckpt):
     with pytest.raises(UserError, match=r"pools to 9 tokens and LLaVA has no pooling.*--to prismatic.*--pool 49"):
         exporter.export(ckpt, "hf-llava", str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_trainer_steps_without_vision_extra(tmp_path, imported_ckpt, hf_vision):
+    """A training step carries no vision_extra: exports take it from the import step of the same run, else from
+    --vision, else write zero blocks (unused by LLaVA) and say so."""
+    run = str(tmp_path / "run")
+    shutil.copytree(imported_ckpt, run)
+    config, params, _ = checkpoint_io.load_params(imported_ckpt)
+    checkpoint_io.save_params(run, params, config, step=5)
+    _, _, extra, _, step = exporter.load_checkpoint(run)
+    assert step == 5 and extra is not None and extra["blocks"]["fc1"]["kernel"].shape[0] == 1
+
+    bare = str(tmp_path / "bare")
+    checkpoint_io.save_params(bare, params, config, tokenizer_dir=checkpoint_io.tokenizer_path(imported_ckpt))
+    lines = exporter.export(bare, "hf-llava", str(tmp_path / "zeros"))
+    assert any("written as zeros" in line for line in lines)
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "zeros"))
+    assert not model.config.vision_config.vision_use_head
+    assert torch.count_nonzero(model.model.vision_tower.encoder.layers[2].mlp.fc1.weight) == 0
+
+    lines = exporter.export(bare, "hf-llava", str(tmp_path / "real"), vision_src=hf_vision[0])
+    assert not any("zeros" in line for line in lines)
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "real"))
+    source = hf_vision[1].state_dict()
+    assert torch.equal(model.model.vision_tower.encoder.layers[2].mlp.fc1.weight, source["encoder.layers.2.mlp.fc1.weight"])
+    assert torch.equal(model.model.vision_tower.head.probe, source["head.probe"])

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from convert_fixtures import (GRID, VISION, assert_trees_equal, hf_llm, hf_qwen2_config, hf_vision,  # noqa: F401
-                              hf_vision_state, imported_ckpt, tiny_tokenizer_dir)
+                              hf_vision_state, imported_ckpt, timm_state_from_hf, tiny_tokenizer_dir)
 from oq2vl_jax import checkpoint_io
 from oq2vl_jax.convert import exporter, hf, prismatic
 from oq2vl_jax.errors import UserError
@@ -58,26 +58,30 @@ def exported(tmp_path_factory, imported_ckpt):
     return out
 
 
-def test_strict_load_into_reference_names(exported, imported_ckpt, hf_vision):
+def test_strict_load_into_reference_names(exported, imported_ckpt, hf_llm, hf_vision):
     state = torch.load(os.path.join(exported, "checkpoints", "latest-checkpoint.pt"), map_location="cpu",
                        weights_only=True)["model"]
     assert list(state) == ["vision_backbone", "projector", "llm_backbone"]
+    assert all(t.dtype == torch.float32 for sd in state.values() for t in sd.values())
     model = reference_vlm(with_vision=True)
     for name, module in model.named_children():
         module.load_state_dict(state[name], strict=True)
+    # every tensor equals its source: the HF LLM, the tower in timm naming (mapped independently), our projector
+    llm_source = hf_llm[1].state_dict()
+    for name, tensor in model.llm_backbone.llm.state_dict().items():
+        assert torch.equal(tensor, llm_source[name]), name
+    timm_source = timm_state_from_hf(hf_vision_state(hf_vision[1]))
+    featurizer = model.vision_backbone.featurizer.state_dict()
+    assert set(featurizer) == set(timm_source)
+    for name, array in timm_source.items():
+        assert np.array_equal(featurizer[name].numpy(), array), name
     _, params, _ = checkpoint_io.load_params(imported_ckpt)
-    llm = model.llm_backbone.llm
-    assert np.array_equal(llm.lm_head.weight.detach().numpy(), params["llm"]["embed"])
-    assert np.array_equal(state["llm_backbone"]["llm.lm_head.weight"].numpy(), params["llm"]["embed"])
-    assert np.array_equal(llm.model.layers[1].mlp.down_proj.weight.detach().numpy(),
-                          params["llm"]["layers"]["down"]["kernel"][1].T)
-    assert np.array_equal(model.projector.mlp_projector[2].weight.detach().numpy(),
-                          params["projector"]["fc2"]["kernel"].T)
-    featurizer, source = model.vision_backbone.featurizer, hf_vision_state(hf_vision[1])
-    assert np.array_equal(featurizer.blocks[2].mlp.fc2.weight.detach().numpy(), source["encoder.layers.2.mlp.fc2.weight"])
-    assert np.array_equal(featurizer.attn_pool.kv.weight.detach().numpy()[:32],
-                          source["head.attention.in_proj_weight"][32:64])
-    assert all(t.dtype == torch.float32 for sd in state.values() for t in sd.values())
+    for i, ours in ((0, "fc1"), (2, "fc2")):
+        linear = model.projector.mlp_projector[i]
+        assert np.array_equal(linear.weight.detach().numpy(), params["projector"][ours]["kernel"].T)
+        assert np.array_equal(linear.bias.detach().numpy(), params["projector"][ours]["bias"])
+    assert state["llm_backbone"]["llm.lm_head.weight"].data_ptr() == \
+        state["llm_backbone"]["llm.model.embed_tokens.weight"].data_ptr()  # tied: one storage, as the reference
 
 
 def test_config_json(exported):

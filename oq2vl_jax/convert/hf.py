@@ -5,7 +5,7 @@ Our trees are nested dicts of numpy arrays shaped like `nnx.state(model, nnx.Par
 carry a leading layer axis. HF `Linear` weights are [out, in]; ours are [in, out]. Only transposes, reshapes and
 stacking happen here, so conversions are bit-exact both ways.
 
-Readers take `get(name) -> np.ndarray` so tensors are read lazily one at a time (safetensors memory-mapped).
+Readers take `get(name) -> np.ndarray` so tensors are read lazily, one at a time, straight from the file.
 """
 
 from __future__ import annotations
@@ -251,10 +251,9 @@ def _norm_to_hf(norm: dict, name: str) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def split_fused(name: str, fused: np.ndarray, parts: int, width: int) -> list[np.ndarray]:
-    """A fused [parts * width, ...] projection (qkv / kv / in_proj) -> `parts` arrays, checking the shape."""
-    if fused.shape[0] != parts * width:
-        raise UserError(f"tensor '{name}' has shape {tuple(fused.shape)}; expected its first dimension to be "
-                        f"{parts} x width = {parts * width}")
+    """A fused [parts * width(, width)] projection (qkv / kv / in_proj) -> `parts` arrays, checking the shape."""
+    expected = (parts * width,) + ((width,) if fused.ndim == 2 else ())
+    check_shape(name, fused, expected)
     return [fused[i * width:(i + 1) * width] for i in range(parts)]
 
 

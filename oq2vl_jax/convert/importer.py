@@ -8,6 +8,7 @@ the model does not run (`vision_extra`), which `save_imported` stores beside the
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 
@@ -130,9 +131,15 @@ def load_llm(llm_dir: str, dtype=np.float32) -> tuple[Qwen2Config, dict, dict]:
 
 def init_projector(vision_width: int, llm_width: int, seed: int = PROJECTOR_SEED) -> dict:
     """The reference's projector init: torch.manual_seed(seed), then Linear(vision, llm) and Linear(llm, llm) with
-    PyTorch's default init, so the same seed gives the reference's initial projector bit for bit."""
-    import torch
-
+    PyTorch's default init, so the same seed gives the reference's initial projector bit for bit. Without torch, the
+    same distribution (weights and biases uniform in +-1/sqrt(fan_in)) from numpy."""
+    try:
+        import torch
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        bound = lambda n_in, shape: (rng.uniform(-1, 1, shape) / math.sqrt(n_in)).astype(np.float32)
+        layer = lambda n_in, n_out: {"kernel": bound(n_in, (n_in, n_out)), "bias": bound(n_in, (n_out,))}
+        return {"fc1": layer(vision_width, llm_width), "fc2": layer(llm_width, llm_width)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fc1 = torch.nn.Linear(vision_width, llm_width)
