@@ -1,0 +1,33 @@
+"""The CPU demo: a tiny VLM trained from random init on synthetic coloured shapes (oq2vl_jax/data/demo.py), written
+into WORKDIR/demo_data on the first run. Every tower trains (stage "full": nothing here is pretrained). At the end the
+trainer scores how well the model names the colour, shape and position of held-out images."""
+
+import os
+import runpy
+
+import ml_collections
+
+base = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = base["get_config"]()
+    c.model.update(
+        vision="siglip-tiny", vision_overrides=dict(width=64, depth=3, mlp_dim=128, num_heads=4, patch_size=4),
+        llm="qwen2-tiny", llm_overrides=dict(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+                                             num_kv_heads=2, head_dim=32),
+        tokens_per_image=16, compute_dtype="float32", frozen_dtype="float32", attention="xla", remat="none",
+        vision_chunk=8, loss_chunk=512)
+    c.init.source = "random"
+    c.data.update(image_size=32, row_length=128, pack_buffer=256, num_epochs=-1, read_threads=2)
+    c.train.update(stage="full", num_steps=300, global_batch_rows=16, micro_batches=1, log_every=25,
+                   eval_every=100, eval_batches=0)
+    c.optim.update(lr=2e-3, weight_decay=0.01)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.checkpoint.update(every_steps=100, keep=2)
+    c.demo = ml_collections.ConfigDict(dict(
+        data_dir="",                 # "" = WORKDIR/demo_data
+        num_train=2048, num_eval=128, seed=0,
+        eval_row_length=64,          # one held-out caption document per row when scoring attributes
+    ))
+    return c

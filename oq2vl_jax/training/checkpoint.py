@@ -1,0 +1,117 @@
+"""Training checkpoints in the shared layout of `oq2vl_jax/checkpoint_io.py`, plus the trainer's own items.
+
+  WORKDIR/checkpoints/<step>/params     full parameter tree (trained towers fp32, frozen towers in frozen_dtype); what
+                                        `checkpoint_io.load_params`, the exporter and `init_from` read
+  WORKDIR/checkpoints/<step>/meta       JSON: format, version, model_config, stage, the training config
+  WORKDIR/checkpoints/<step>/opt_state  optimizer state (sharded like the trained parameters)
+  WORKDIR/checkpoints/<step>/train      JSON: step, non-finite counters, seed, process count
+  WORKDIR/checkpoints/<step>/data       process_<i>-of-<n>.json: each process's data iterator state
+  WORKDIR/checkpoints/tokenizer/        the tokenizer
+
+Saves are asynchronous (Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when complete, so a save
+interrupted mid-write is never listed as a step and its directory is removed at the next start).
+
+Parameters and optimizer state restore onto any mesh: the restore target is a tree of ShapeDtypeStructs carrying the
+new shardings. The data iterator state is per process, so it restores only with the same process count; otherwise the
+restore fails with a message, unless `checkpoint.restore_data=False`, which restarts the data stream from its start.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from oq2vl_jax import checkpoint_io
+from oq2vl_jax.errors import UserError
+from oq2vl_jax.training.state import TrainState, merge_params, split_params
+
+ITEMS = ("params", "meta", "opt_state", "train", "data")
+
+
+def data_filename(process_index: int, process_count: int) -> str:
+    return f"process_{process_index}-of-{process_count}.json"
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep: int | None = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        every_process = ocp.options.MultiprocessingOptions(primary_host=None)
+        handlers = {
+            "params": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+            "opt_state": ocp.StandardCheckpointHandler(),
+            "train": ocp.JsonCheckpointHandler(),
+            # every process writes (and reads) its own file
+            "data": ocp.JsonCheckpointHandler(filename=data_filename(jax.process_index(), jax.process_count()),
+                                              multiprocessing_options=every_process),
+        }
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                                               cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, item_handlers=handlers,
+                                             options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, state: TrainState, data_state: Mapping[str, Any], meta: Mapping[str, Any],
+             train_info: Mapping[str, Any] | None = None) -> int:
+        """Starts an (async) save of `state` at its step; returns the step."""
+        step = int(jax.device_get(state.step))
+        train = {"step": step, "nonfinite_in_row": int(jax.device_get(state.nonfinite_in_row)),
+                 "nonfinite_total": int(jax.device_get(state.nonfinite_total)),
+                 "process_count": jax.process_count(), **(train_info or {})}
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(merge_params(state.trainable, state.frozen)),
+            meta=ocp.args.JsonSave(dict(meta)),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            train=ocp.args.JsonSave(train),
+            data=ocp.args.JsonSave(dict(data_state)))
+        self.manager.save(step, args=args, force=True)
+        return step
+
+    def restore(self, abstract: TrainState, stage: str, step: int | None = None, *,
+                restore_data: bool = True) -> tuple[TrainState, dict | None, dict]:
+        """(state on the shardings of `abstract`, this process's data state or None, train info)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise UserError(f"no finished checkpoint in {self.directory}")
+        info = self.manager.restore(step, args=ocp.args.Composite(train=ocp.args.JsonRestore()))["train"]
+        data_state = None
+        if restore_data:
+            saved, now = int(info["process_count"]), jax.process_count()
+            if saved != now:
+                raise UserError(
+                    f"checkpoint {self.directory}/{step} was written by {saved} processes and this run has {now}: the "
+                    "data iterator state is per process and cannot follow. Run with the same process count, or set "
+                    "--config.checkpoint.restore_data=False to keep the model and optimizer state and restart the "
+                    "data stream from its beginning")
+            data_state = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+        abstract_params = merge_params(abstract.trainable, abstract.frozen)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract.opt_state)))
+        trainable, frozen = split_params(restored["params"], stage)
+        scalar = lambda v, like: jax.device_put(np.asarray(v, np.int32), like.sharding)  # noqa: E731
+        state = TrainState(step=scalar(info["step"], abstract.step), trainable=trainable, frozen=frozen,
+                           opt_state=restored["opt_state"],
+                           nonfinite_in_row=scalar(info["nonfinite_in_row"], abstract.nonfinite_in_row),
+                           nonfinite_total=scalar(info["nonfinite_total"], abstract.nonfinite_total))
+        return state, data_state, info
+
+    def write_tokenizer(self, tokenizer_dir: str) -> None:
+        if jax.process_index() == 0 and tokenizer_dir:
+            checkpoint_io.copy_tokenizer(tokenizer_dir, self.directory)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+

@@ -1,0 +1,117 @@
+"""Training metrics: one JSONL record per step in WORKDIR/metrics.jsonl, the same scalars as TensorBoard events in
+WORKDIR/tensorboard, and a console progress line with rates and ETA every `log_every` steps. Only process 0 writes.
+
+Every record has step (updates done, 1-based), loss, lr, grad_norm, skipped_nonfinite. Records at log steps add rates
+over the window since the previous log step: tokens_per_s (real tokens, image positions included), images_per_s,
+flops_per_s, mfu (training/flops.py), fill (real / capacity tokens), step_time, and the data pipeline's running totals
+under "data/<reason>".
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from typing import Mapping
+
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(workdir: str, last_step: int) -> None:
+    """Drops records after `last_step` (a resumed run recomputes those steps), so each step appears once."""
+    records = [r for r in read_metrics(workdir) if r.get("step", 0) <= last_step]
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(path + ".tmp", path)
+
+
+class Window:
+    """Sums over the steps since the last log line; gives rates."""
+
+    def __init__(self):
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.start, self.steps = now, 0
+        self.tokens = self.capacity = self.images = self.flops = 0.0
+
+    def add(self, metrics: Mapping[str, float], flops: float) -> None:
+        self.steps += 1
+        self.tokens += metrics["real_tokens"]
+        self.capacity += metrics["capacity_tokens"]
+        self.images += metrics["num_images"]
+        self.flops += flops
+
+    def rates(self, now: float, num_devices: int, peak_per_device: float | None) -> dict[str, float]:
+        seconds = max(now - self.start, 1e-9)
+        out = {"step_time": seconds / max(self.steps, 1), "tokens_per_s": self.tokens / seconds,
+               "images_per_s": self.images / seconds, "flops_per_s": self.flops / seconds,
+               "fill": self.tokens / self.capacity if self.capacity else 0.0}
+        if peak_per_device:
+            out["mfu"] = self.flops / seconds / (num_devices * peak_per_device)
+        return out
+
+
+def progress_line(step: int, total: int, record: Mapping[str, float]) -> str:
+    eta = datetime.timedelta(seconds=int(record.get("step_time", 0.0) * (total - step)))
+    parts = [f"step {step}/{total}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.3g}",
+             f"gnorm {record['grad_norm']:.3g}"]
+    if "tokens_per_s" in record:
+        parts += [f"{record['tokens_per_s']:,.0f} tok/s", f"{record['images_per_s']:,.1f} img/s"]
+        if "mfu" in record:
+            parts.append(f"MFU {100 * record['mfu']:.1f}%")
+        parts += [f"fill {100 * record['fill']:.1f}%", f"{record['step_time']:.3f} s/step"]
+    skipped = record.get("data/skipped", 0)
+    if skipped:
+        parts.append(f"data skipped {skipped}")
+    if record.get("nonfinite_total", 0):
+        parts.append(f"non-finite steps {record['nonfinite_total']}")
+    parts.append(f"ETA {eta}")
+    return " | ".join(parts)
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, *, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self._jsonl = self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+
+    def write(self, record: Mapping[str, float | int]) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps(dict(record)) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            step = int(record["step"])
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, step)
+
+    def log(self, line: str) -> None:
+        if self.enabled:
+            logging.info(line)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
