@@ -100,16 +100,25 @@ def load_meta(ckpt_dir: str, step: int | None = None) -> tuple[int, dict]:
     return step, meta
 
 
+def _restore_host(ckpt_dir: str, step: int, name: str) -> Any:
+    """An array item as host numpy arrays, whatever mesh or handler wrote it (no devices involved)."""
+    options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+    with ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options,
+                               item_handlers={name: ocp.PyTreeCheckpointHandler()}) as mngr:
+        metadata = mngr.item_metadata(step)[name]
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+        return mngr.restore(step, args=ocp.args.Composite(
+            **{name: ocp.args.PyTreeRestore(restore_args=restore_args)}))[name]
+
+
 def load_params(ckpt_dir: str, step: int | None = None, abstract_params: Any = None) -> tuple[VLMConfig, dict, dict]:
     """Returns (model config, params tree, meta). `abstract_params` (ShapeDtypeStructs with shardings) restores
     straight onto a mesh; without it arrays come back as host numpy arrays."""
     step, meta = load_meta(ckpt_dir, step)
     config = VLMConfig.from_dict(meta["model_config"])
+    if abstract_params is None:
+        return config, _restore_host(ckpt_dir, step, "params"), meta
     with manager(ckpt_dir, async_save=False) as mngr:
-        if abstract_params is None:
-            metadata = mngr.item_metadata(step)["params"]
-            abstract_params = jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_host_sharding()), metadata)
         params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))["params"]
     return config, params, meta
 
@@ -119,17 +128,7 @@ def load_item(ckpt_dir: str, name: str, step: int | None = None) -> dict | None:
     step = resolve_step(ckpt_dir, step)
     if not os.path.isdir(os.path.join(os.path.abspath(ckpt_dir), str(step), name)):
         return None
-    options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
-    with ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options,
-                               item_handlers={name: ocp.StandardCheckpointHandler()}) as mngr:
-        metadata = mngr.item_metadata(step)[name]
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_host_sharding()), metadata)
-        tree = mngr.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)}))[name]
-    return jax.tree.map(np.asarray, tree)
-
-
-def _host_sharding():
-    return jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    return _restore_host(ckpt_dir, step, name)
 
 
 def tokenizer_path(ckpt_dir: str) -> str | None:

@@ -146,3 +146,28 @@ def test_missing_files_are_user_errors(tmp_path, hf_llm):
     os.link(os.path.join(hf_llm[0], "model.safetensors.index.json"), tmp_path / "bad" / "model.safetensors.index.json")
     with pytest.raises(UserError, match="names shard"):
         hf.open_hf_weights(str(tmp_path / "bad"))
+
+
+def test_export_reads_a_sharded_trainer_checkpoint(tmp_path, hf_llm, imported_ckpt):
+    """Trainer steps hold jax arrays sharded over a mesh plus optimizer items; export restores them on the host."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    config, params, meta = checkpoint_io.load_params(imported_ckpt)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("fsdp",))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.tree.map(lambda a: jax.device_put(a, rows if a.shape[0] % 2 == 0 else replicated), params)
+    run = str(tmp_path / "run")
+    handlers = {"params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                "opt_state": ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(run, item_handlers=handlers) as mngr:
+        mngr.save(12, args=ocp.args.Composite(params=ocp.args.StandardSave(sharded), meta=ocp.args.JsonSave(meta),
+                                              opt_state=ocp.args.StandardSave({"mu": sharded["projector"]})))
+        mngr.wait_until_finished()
+    out = str(tmp_path / "qwen2")
+    lines = exporter.export(run, "hf-qwen2", out)
+    assert "step 12" in lines[0]
+    written, original = _read_dir(out), numpy_state(hf_llm[1])
+    for name, array in written.items():
+        assert np.array_equal(array, original[name]), name

@@ -22,7 +22,7 @@ def load_checkpoint(ckpt_dir: str, step: int | None = None) -> tuple[VLMConfig, 
     """(config, params as numpy, vision_extra or None, meta, step) of any oq2vl_jax checkpoint step."""
     step = checkpoint_io.resolve_step(ckpt_dir, step)
     config, params, meta = checkpoint_io.load_params(ckpt_dir, step)
-    params = {k: importer.cast_tree(v, None) if isinstance(v, dict) else np.asarray(v) for k, v in params.items()}
+    _to_numpy(params)
     extra = checkpoint_io.load_item(ckpt_dir, checkpoint_io.VISION_EXTRA, step)
     if extra is None:  # trainer steps do not carry it; the import step of the same run does
         with checkpoint_io.manager(ckpt_dir, async_save=False) as mngr:
@@ -31,6 +31,13 @@ def load_checkpoint(ckpt_dir: str, step: int | None = None) -> tuple[VLMConfig, 
                 if extra is not None:
                     break
     return config, params, extra, meta, step
+
+
+def _to_numpy(tree: dict) -> dict:
+    """In place, so each restored (possibly jax) array is released as soon as its numpy copy exists."""
+    for key, value in tree.items():
+        tree[key] = _to_numpy(value) if isinstance(value, dict) else np.asarray(value)
+    return tree
 
 
 def vision_extra_from(src: str, config: VLMConfig) -> dict:
