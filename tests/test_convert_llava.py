@@ -112,3 +112,13 @@ def test_trainer_steps_without_vision_extra(tmp_path, imported_ckpt, hf_vision):
     source = hf_vision[1].state_dict()
     assert torch.equal(model.model.vision_tower.encoder.layers[2].mlp.fc1.weight, source["encoder.layers.2.mlp.fc1.weight"])
     assert torch.equal(model.model.vision_tower.head.probe, source["head.probe"])
+
+
+def test_bf16_export_loads(tmp_path, imported_ckpt):
+    out = str(tmp_path / "bf16")
+    exporter.export(imported_ckpt, "hf-llava", out, dtype="bf16")
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+    _, params, _ = checkpoint_io.load_params(imported_ckpt)
+    expected = torch.from_numpy(params["projector"]["fc1"]["kernel"].T.copy()).to(torch.bfloat16)
+    assert torch.equal(model.model.multi_modal_projector.linear_1.weight, expected)
