@@ -68,18 +68,40 @@ def main(argv=None):
             fwd_ms, out = timed(fwd, q, kk, v, seg)
             bwd_ms, grads = timed(grad, q, kk, v, seg)
         except Exception as e:  # report and go on: one failing backend must not hide the others
-            results.append({"backend": backend, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            results.append({"case": "decoder", "backend": backend, "error": f"{type(e).__name__}: {str(e)[:300]}"})
             continue
         out, dq = np.asarray(out, np.float32), np.asarray(grads[0], np.float32)
         if ref is None:
             ref = (out, dq)
-        results.append({"backend": backend, "fwd_ms": round(fwd_ms, 3), "fwd_bwd_ms": round(bwd_ms, 3),
+        results.append({"case": "decoder", "backend": backend, "fwd_ms": round(fwd_ms, 3), "fwd_bwd_ms": round(bwd_ms, 3),
                         "max_diff_out": float(np.abs(out[real] - ref[0][real]).max()),
                         "max_diff_dq": float(np.abs(dq[real] - ref[1][real]).max()),
                         "device": jax.devices()[0].device_kind, "jax": jax.__version__})
+    results += vision_case(args.tiny)
     for r in results:
         print(json.dumps(r))
     return results
+
+
+def vision_case(tiny: bool) -> list[dict]:
+    """SigLIP's shape: 729 patches (not a multiple of 64/128), 16 heads of 72, bidirectional, no segments."""
+    n, t, h, d = (2, 49, 4, 8) if tiny else (32, 729, 16, 72)
+    rng = np.random.default_rng(1)
+    dtype = jnp.float32 if tiny else jnp.bfloat16
+    q, k, v = (jnp.asarray(rng.normal(size=(n, t, h, d)), dtype) for _ in range(3))
+    out, ref = [], None
+    for backend in (["xla"] if tiny else ["xla", "cudnn"]):
+        fn = jax.jit(lambda q, k, v, be=backend: attention(q, k, v, None, causal=False, backend=be))
+        try:
+            ms, o = timed(fn, q, k, v)
+        except Exception as e:
+            out.append({"case": "vision", "backend": backend, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            continue
+        o = np.asarray(o, np.float32)
+        ref = o if ref is None else ref
+        out.append({"case": "vision", "backend": backend, "fwd_ms": round(ms, 3),
+                    "max_diff_out": float(np.abs(o - ref).max())})
+    return out
 
 
 if __name__ == "__main__":
