@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from convert_fixtures import (assert_trees_equal, big_vision_from_hf, hf_llm, hf_vision,  # noqa: F401
                               hf_vision_state, tiny_tokenizer_dir)
