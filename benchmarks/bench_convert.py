@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from oq2vl_jax.convert import hf  # noqa: E402
+from oq2vl_jax.convert import hf, tensor_files  # noqa: E402
 from oq2vl_jax.data.demo import build_tiny_tokenizer  # noqa: E402
 from oq2vl_jax.models.presets import llm_preset, vision_preset  # noqa: E402
 
@@ -53,7 +53,7 @@ def write_qwen2(path: str, rng) -> None:
                 yield p + name, _random(rng, shape, bf16)
         yield "model.norm.weight", _random(rng, (d,), bf16)
 
-    hf.write_safetensors(path, tensors(), max_shard_bytes=2 << 30)
+    tensor_files.write_safetensors(path, tensors(), max_shard_bytes=2 << 30)
     config = hf.qwen2_config_to_hf(cfg, dtype="bfloat16")
     config.update(max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151645)
     with open(os.path.join(path, "config.json"), "w") as f:
@@ -83,7 +83,7 @@ def write_so400m(path: str, rng) -> None:
             yield f"attn_pool.{name}.bias", _random(rng, shape[:1], np.float32)
 
     os.makedirs(path, exist_ok=True)
-    hf.write_safetensors(path, tensors(), basename="open_clip_model", max_shard_bytes=8 << 30)
+    tensor_files.write_safetensors(path, tensors(), basename="open_clip_model", max_shard_bytes=8 << 30)
 
 
 def run(argv: list[str]) -> tuple[float, float, str]:

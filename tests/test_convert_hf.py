@@ -14,13 +14,13 @@ from convert_fixtures import (assert_trees_equal, hf_llm, hf_qwen2_config, hf_vi
                               imported_ckpt, numpy_state, tiny_tokenizer_dir)
 from model_fixtures import randomize_
 from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import exporter, hf, importer
+from oq2vl_jax.convert import exporter, hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_EXACT
 
 
 def _read_dir(path):
-    source = hf.open_hf_weights(path)
+    source = tensor_files.open_hf_weights(path)
     return {name: source.get(name) for name in source.names}
 
 
@@ -101,7 +101,7 @@ def test_safetensors_writer_shards_and_reads_back(tmp_path):
     tensors = {f"t{i}": rng.standard_normal((i + 1, 7)).astype(np.float32) for i in range(6)}
     tensors["b"] = np.arange(5, dtype=np.int64)
     tensors["h"] = tensors["t0"].astype(ml_dtypes.bfloat16)
-    files = hf.write_safetensors(str(tmp_path), tensors.items(), max_shard_bytes=100)
+    files = tensor_files.write_safetensors(str(tmp_path), tensors.items(), max_shard_bytes=100)
     assert len(files) > 1 and os.path.isfile(tmp_path / "model.safetensors.index.json")
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     back = _read_dir(str(tmp_path))
@@ -141,11 +141,11 @@ def test_missing_files_are_user_errors(tmp_path, hf_llm):
     with pytest.raises(UserError, match="does not exist"):
         importer.load_llm(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="no model.safetensors"):
-        hf.open_hf_weights(str(tmp_path))
+        tensor_files.open_hf_weights(str(tmp_path))
     os.makedirs(tmp_path / "bad")
     os.link(os.path.join(hf_llm[0], "model.safetensors.index.json"), tmp_path / "bad" / "model.safetensors.index.json")
     with pytest.raises(UserError, match="names shard"):
-        hf.open_hf_weights(str(tmp_path / "bad"))
+        tensor_files.open_hf_weights(str(tmp_path / "bad"))
 
 
 def test_export_reads_a_sharded_trainer_checkpoint(tmp_path, hf_llm, imported_ckpt):

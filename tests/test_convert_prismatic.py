@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -122,7 +123,7 @@ def test_released_layout_without_vision(tmp_path, imported_ckpt, hf_llm, hf_visi
     _, params, _ = checkpoint_io.load_params(imported_ckpt)
     assert imported.config.tokens_per_image == 49
     assert_trees_equal(imported.params["vision"], params["vision"])
-    bf16 = lambda a: np.asarray(a, np.float32).astype(hf.ml_dtypes.bfloat16).astype(np.float32)
+    bf16 = lambda a: np.asarray(a, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
     assert np.array_equal(imported.params["llm"]["embed"], bf16(params["llm"]["embed"]))
 
 

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from oq2vl_jax.convert import hf
+from oq2vl_jax.convert import hf, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_TANH, SiglipConfig
 
@@ -35,7 +35,7 @@ BV_BLOCK = (
 )
 
 
-def find_prefix(source: hf.TensorSource) -> str | None:
+def find_prefix(source: tensor_files.TensorSource) -> str | None:
     return source.find_prefix(ANCHOR, exclude=("txt/",))
 
 
@@ -56,7 +56,7 @@ def to_ours(name: str, a: np.ndarray) -> np.ndarray:
 class _Blocks:
     """Per-block tensors of either layout; a scanned tensor is read once and sliced for every block."""
 
-    def __init__(self, source: hf.TensorSource, prefix: str, dtype):
+    def __init__(self, source: tensor_files.TensorSource, prefix: str, dtype):
         self.get, self.source = source.getter(prefix, dtype), source
         self.scanned = prefix + "Transformer/encoderblock/LayerNorm_0/scale" in source
         self.prefix, self._cached = prefix, (None, None)
@@ -96,7 +96,7 @@ def _stack(blocks: _Blocks, start: int, count: int, shapes: dict) -> dict:
     return out
 
 
-def config_from_weights(source: hf.TensorSource, prefix: str) -> SiglipConfig:
+def config_from_weights(source: tensor_files.TensorSource, prefix: str) -> SiglipConfig:
     kernel = source.get(prefix + ANCHOR)
     if kernel.ndim != 4 or kernel.shape[2] != 3 or kernel.shape[0] != kernel.shape[1]:
         raise UserError(f"tensor '{prefix + ANCHOR}' has shape {kernel.shape}, expected [p, p, 3, D]")
@@ -118,7 +118,7 @@ def config_from_weights(source: hf.TensorSource, prefix: str) -> SiglipConfig:
                         image_size=hf.siglip_image_size(p, grid), layer_norm_eps=1e-6, hidden_act=GELU_TANH)
 
 
-def vision_from_big_vision(source: hf.TensorSource, cfg: SiglipConfig, prefix: str, dtype=None) -> tuple[dict, dict]:
+def vision_from_big_vision(source: tensor_files.TensorSource, cfg: SiglipConfig, prefix: str, dtype=None) -> tuple[dict, dict]:
     """(vision params, vision_extra) for `cfg` (whose feature_layer decides which blocks are run)."""
     get = source.getter(prefix, dtype)
     p, d = cfg.patch_size, cfg.width

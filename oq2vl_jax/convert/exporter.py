@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 
 from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import hf, importer, llava, prismatic, tokenizer
+from oq2vl_jax.convert import hf, tensor_files, importer, llava, prismatic, tokenizer
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
 
@@ -57,7 +57,7 @@ def _prepare_out(out_dir: str) -> None:
 def export_hf_qwen2(out_dir: str, config: VLMConfig, params: dict, *, dtype, tokenizer_dir: str | None,
                     llm_hf_config: dict | None) -> list[str]:
     cfg = config.llm
-    files = hf.write_safetensors(out_dir, hf.qwen2_to_hf(params.pop("llm"), cfg, prefix="model.",
+    files = tensor_files.write_safetensors(out_dir, hf.qwen2_to_hf(params.pop("llm"), cfg, prefix="model.",
                                                          lm_head=None if cfg.tie_word_embeddings else "lm_head.weight",
                                                          consume=True), dtype=dtype)
     hf_config = hf.qwen2_config_to_hf(cfg, llm_hf_config, dtype="bfloat16" if dtype == DTYPES["bf16"] else "float32")

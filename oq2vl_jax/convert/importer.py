@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 
 from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import big_vision, hf, timm, tokenizer
+from oq2vl_jax.convert import big_vision, hf, tensor_files, timm, tokenizer
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import Qwen2Config, SiglipConfig, VLMConfig
 
@@ -57,7 +57,7 @@ def _vision_dir_kind(path: str) -> tuple[str, str]:
     """('hf', dir) for an HF SigLIP directory, else ('file', weight file) found in a timm / open_clip directory."""
     config_path = os.path.join(path, "config.json")
     if os.path.isfile(config_path):
-        config = hf.read_json(config_path)
+        config = tensor_files.read_json(config_path)
         if "vision_config" in config or str(config.get("model_type", "")).startswith("siglip"):
             return "hf", path
     for name in VISION_DIR_FILES:
@@ -67,7 +67,7 @@ def _vision_dir_kind(path: str) -> tuple[str, str]:
                     f"timm / open_clip directory (one of {list(VISION_DIR_FILES)})")
 
 
-def vision_from_source(source: hf.TensorSource, *, overrides: dict | None = None, dtype=np.float32,
+def vision_from_source(source: tensor_files.TensorSource, *, overrides: dict | None = None, dtype=np.float32,
                        hf_config: dict | None = None, path: str | None = None,
                        ) -> tuple[SiglipConfig, dict, dict, str]:
     """(config, vision params, vision_extra, naming) from tensors in any supported naming."""
@@ -105,21 +105,21 @@ def load_vision(src: str, *, overrides: dict | None = None, dtype=np.float32) ->
     if os.path.isdir(src):
         kind, path = _vision_dir_kind(src)
         if kind == "hf":
-            return vision_from_source(hf.open_hf_weights(src), overrides=overrides, dtype=dtype,
-                                      hf_config=hf.read_json(os.path.join(src, "config.json")))
+            return vision_from_source(tensor_files.open_hf_weights(src), overrides=overrides, dtype=dtype,
+                                      hf_config=tensor_files.read_json(os.path.join(src, "config.json")))
         src = path
     if not os.path.exists(src):
         raise UserError(f"vision source '{src}' does not exist")
-    return vision_from_source(hf.open_tensor_file(src), overrides=overrides, dtype=dtype, path=src)
+    return vision_from_source(tensor_files.open_tensor_file(src), overrides=overrides, dtype=dtype, path=src)
 
 
 def load_llm(llm_dir: str, dtype=np.float32) -> tuple[Qwen2Config, dict, dict]:
     """(config, `llm` tree, the source config.json) of an HF Qwen2ForCausalLM directory."""
     if not os.path.isdir(llm_dir):
         raise UserError(f"LLM directory '{llm_dir}' does not exist")
-    hf_config = hf.read_json(os.path.join(llm_dir, "config.json"), "LLM config")
+    hf_config = tensor_files.read_json(os.path.join(llm_dir, "config.json"), "LLM config")
     cfg = hf.qwen2_config_from_hf(hf_config, os.path.join(llm_dir, "config.json"))
-    source = hf.open_hf_weights(llm_dir)
+    source = tensor_files.open_hf_weights(llm_dir)
     prefix = source.find_prefix("embed_tokens.weight")
     if prefix is None:
         raise UserError(f"{source.where} has no '...embed_tokens.weight': not a Qwen2ForCausalLM checkpoint")
@@ -184,7 +184,7 @@ def cast_tree(tree: dict, dtype) -> dict:
             out[key] = cast_tree(value, dtype)
         else:
             value = np.asarray(value)
-            out[key] = value.astype(dtype, copy=False) if dtype is not None and hf.is_float(value.dtype) else value
+            out[key] = value.astype(dtype, copy=False) if dtype is not None and tensor_files.is_float(value.dtype) else value
     return out
 
 

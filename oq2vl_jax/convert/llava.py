@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax.convert import hf, importer, tokenizer
+from oq2vl_jax.convert import hf, tensor_files, importer, tokenizer
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
 
@@ -119,7 +119,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         pad_token_id=tok.pad_token_id)
     llava_cfg.architectures = ["LlavaForConditionalGeneration"]
     os.makedirs(out_dir, exist_ok=True)
-    files = hf.write_safetensors(out_dir, _tensors(config, params, extra), dtype=dtype)
+    files = tensor_files.write_safetensors(out_dir, _tensors(config, params, extra), dtype=dtype)
     llava_cfg.dtype = "bfloat16" if np.dtype(dtype).itemsize == 2 else "float32"
     llava_cfg.save_pretrained(out_dir)
     size = config.vision.image_size
@@ -137,7 +137,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
     return lines
 
 
-def _layout(source: hf.TensorSource) -> dict:
+def _layout(source: tensor_files.TensorSource) -> dict:
     for names in (V5, V4):
         if names["projector"] + "linear_1.weight" in source:
             return names
@@ -147,7 +147,7 @@ def _layout(source: hf.TensorSource) -> dict:
 def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     """(imported weights, a temporary tokenizer directory without `<image>`); the caller removes the latter."""
     config_path = os.path.join(directory, "config.json")
-    d = hf.read_json(config_path, "LLaVA config")
+    d = tensor_files.read_json(config_path, "LLaVA config")
     if d.get("model_type") != "llava":
         raise UserError(f"'{config_path}' has model_type '{d.get('model_type')}', expected 'llava'")
     text = d.get("text_config") or {}
@@ -161,7 +161,7 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
                       ("multimodal_projector_bias", True)):
         if d.get(key, want) != want:
             raise UserError(f"'{config_path}': {key}={d.get(key)!r} is not supported (expected {want!r})")
-    source = hf.open_hf_weights(directory)
+    source = tensor_files.open_hf_weights(directory)
     names = _layout(source)
     vision_cfg, vision, extra, _ = importer.vision_from_source(
         _Prefixed(source, names["vision"]), dtype=dtype, hf_config=d,
@@ -183,10 +183,10 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
                              [f"hf-llava {directory}"], hf_text), tok_dir
 
 
-class _Prefixed(hf.TensorSource):
+class _Prefixed(tensor_files.TensorSource):
     """The vision tower's tensors of a LLaVA checkpoint, renamed to HF SigLIP's own names."""
 
-    def __init__(self, source: hf.TensorSource, prefix: str):
+    def __init__(self, source: tensor_files.TensorSource, prefix: str):
         super().__init__({n[len(prefix):]: (lambda n=n: source.get(n)) for n in source.names if n.startswith(prefix)},
                          source.where)
 

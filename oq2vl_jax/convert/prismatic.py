@@ -21,7 +21,7 @@ import shutil
 
 import numpy as np
 
-from oq2vl_jax.convert import hf, importer, timm
+from oq2vl_jax.convert import hf, tensor_files, importer, timm
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import LLM_PRESETS, VISION_PRESETS, Qwen2Config, VLMConfig
 
@@ -125,16 +125,16 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
     return lines
 
 
-def _vlm_config(directory: str, run: dict, source: hf.TensorSource, llm_dir: str | None) -> tuple[VLMConfig | None,
+def _vlm_config(directory: str, run: dict, source: tensor_files.TensorSource, llm_dir: str | None) -> tuple[VLMConfig | None,
                                                                                                    Qwen2Config, dict | None]:
     """(our exported config if present, LLM config, LLM config.json if known)."""
     ours_path = os.path.join(directory, OUR_CONFIG)
     if os.path.isfile(ours_path):
-        ours = hf.read_json(ours_path)
+        ours = tensor_files.read_json(ours_path)
         config = VLMConfig.from_dict(ours["model_config"])
         return config, config.llm, ours.get("llm_hf_config")
     if llm_dir is not None:
-        hf_config = hf.read_json(os.path.join(llm_dir, "config.json"), "LLM config")
+        hf_config = tensor_files.read_json(os.path.join(llm_dir, "config.json"), "LLM config")
         return None, hf.qwen2_config_from_hf(hf_config, os.path.join(llm_dir, "config.json")), hf_config
     llm_id = run["model"].get("llm_backbone_id")
     for preset, backbone in LLM_BACKBONE_IDS.items():
@@ -147,13 +147,13 @@ def _vlm_config(directory: str, run: dict, source: hf.TensorSource, llm_dir: str
 def read(directory: str, *, vision_src: str | None = None, llm_dir: str | None = None, dtype=np.float32,
          ) -> importer.Imported:
     config_path, ckpt_path = os.path.join(directory, "config.json"), os.path.join(directory, CHECKPOINT)
-    run = hf.read_json(config_path, "prismatic run config")
+    run = tensor_files.read_json(config_path, "prismatic run config")
     if "model" not in run or "arch_specifier" not in run["model"]:
         raise UserError(f"'{config_path}' has no model.arch_specifier: not a prismatic run directory")
     tokens = tokens_from_arch(run["model"]["arch_specifier"])
     if not os.path.isfile(ckpt_path):
         raise UserError(f"'{directory}' has no {CHECKPOINT}")
-    source = hf.open_torch(ckpt_path)
+    source = tensor_files.open_torch(ckpt_path)
     for module in ("projector", "llm_backbone"):
         if not any(n.startswith(f"model.{module}.") for n in source.names):
             raise UserError(f"'{ckpt_path}' has no '{module}' state dict (the reference requires it)")

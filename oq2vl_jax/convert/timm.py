@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from oq2vl_jax.convert import hf
+from oq2vl_jax.convert import hf, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_EXACT, SiglipConfig
 
@@ -35,7 +35,7 @@ TIMM_BLOCK = (
 )
 
 
-def find_prefix(source: hf.TensorSource) -> str | None:
+def find_prefix(source: tensor_files.TensorSource) -> str | None:
     return source.find_prefix(ANCHOR, exclude=("text",))
 
 
@@ -56,18 +56,18 @@ def _sibling_image_size(path: str) -> int | None:
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     open_clip = os.path.join(folder, "open_clip_config.json")
     if os.path.isfile(open_clip):
-        size = hf.read_json(open_clip).get("model_cfg", {}).get("vision_cfg", {}).get("image_size")
+        size = tensor_files.read_json(open_clip).get("model_cfg", {}).get("vision_cfg", {}).get("image_size")
         if size:
             return int(size if isinstance(size, int) else size[0])
     timm_cfg = os.path.join(folder, "config.json")
     if os.path.isfile(timm_cfg):
-        size = hf.read_json(timm_cfg).get("pretrained_cfg", {}).get("input_size")
+        size = tensor_files.read_json(timm_cfg).get("pretrained_cfg", {}).get("input_size")
         if size:
             return int(size[-1])
     return None
 
 
-def config_from_weights(source: hf.TensorSource, prefix: str, path: str | None = None) -> SiglipConfig:
+def config_from_weights(source: tensor_files.TensorSource, prefix: str, path: str | None = None) -> SiglipConfig:
     """Sizes from tensor shapes; heads from the known SigLIP widths (override them if the tower is unusual)."""
     if prefix + "cls_token" in source:
         raise UserError(f"{source.where} is a class-token ViT, not a SigLIP tower")
@@ -90,7 +90,7 @@ def config_from_weights(source: hf.TensorSource, prefix: str, path: str | None =
                         patch_size=p, image_size=image_size, layer_norm_eps=1e-6, hidden_act=GELU_EXACT)
 
 
-def vision_from_timm(source: hf.TensorSource, cfg: SiglipConfig, prefix: str, dtype=None) -> tuple[dict, dict]:
+def vision_from_timm(source: tensor_files.TensorSource, cfg: SiglipConfig, prefix: str, dtype=None) -> tuple[dict, dict]:
     """(vision params, vision_extra) for `cfg` (whose feature_layer decides which blocks are run)."""
     get = _getter(source.getter(prefix, dtype), cfg.width)
     p, d = cfg.patch_size, cfg.width

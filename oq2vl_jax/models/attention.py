@@ -16,7 +16,6 @@ Padding queries attend to padding keys only, so no row is fully masked and outpu
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
