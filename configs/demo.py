@@ -29,5 +29,6 @@ def get_config() -> ml_collections.ConfigDict:
         data_dir="",                 # "" = WORKDIR/demo_data
         num_train=2048, num_eval=128, seed=0,
         eval_row_length=64,          # one held-out caption document per row when scoring attributes
+        score_attributes=True,
     ))
     return c

@@ -107,7 +107,15 @@ def test_same_loss_curve_on_one_device_and_every_mesh(host_params):
     curves = {}
     for shape, n in (((1, 1, 1), 1), ((8, 1, 1), 8), ((2, 4, 1), 8), ((2, 2, 2), 8)):
         mesh, state, step = build(host_params, shape, jax.devices()[:n], micro_batches=2)
-        _, curves[shape] = run_steps(mesh, state, step, batches, 16)
+        state, curves[shape] = run_steps(mesh, state, step, batches[:-1], 16)
+        _, metrics = step(state, parallel.host_to_global(batches[-1], mesh, 16))
+        curves[shape].append(float(metrics["loss"]))
+    # the FLOP counts are global sums, whatever the mesh
+    real = batches[-1]["segment_ids"] > 0
+    assert float(metrics["real_tokens"]) == real.sum()
+    assert float(metrics["causal_pairs"]) == np.where(real, batches[-1]["positions"] + 1, 0).sum()
+    assert float(metrics["num_images"]) == batches[-1]["image_valid"].sum()
+    assert float(metrics["capacity_tokens"]) == real.size
     reference = curves.pop((1, 1, 1))
     assert len(set(reference)) == len(reference)  # the weights moved between steps
     for shape, curve in curves.items():
@@ -122,7 +130,8 @@ def test_accumulating_four_micro_batches_equals_one_big_batch(host_params):
         state, losses = run_steps(mesh, state, step, batches, 16)
         results[micro] = (losses, jax.device_get(state.trainable))
     np.testing.assert_allclose(results[4][0], results[1][0], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[4][1], results[1][1])
+    # Adam divides by sqrt(v): float-rounding differences of tiny gradients show up as ~1e-6 absolute
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), results[4][1], results[1][1])
 
 
 def test_reference_compat_averages_micro_batch_means(host_params):
@@ -140,7 +149,7 @@ def test_reference_compat_averages_micro_batch_means(host_params):
     np.testing.assert_allclose(float(metrics["loss"]), np.mean(means), rtol=1e-5)
 
 
-def test_frozen_tower_untouched_and_without_optimizer_state(host_params):
+def test_frozen_tower_untouched_no_optimizer_state_and_non_finite_steps_skipped(host_params):
     mesh, state, step = build(host_params, (2, 2, 2), jax.devices())
     assert set(state.trainable) == {"projector", "llm"} and set(state.frozen) == {"vision"}
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.frozen))
@@ -154,6 +163,22 @@ def test_frozen_tower_untouched_and_without_optimizer_state(host_params):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16)), before, after)
     assert not np.array_equal(trainable_before["llm"]["embed"], jax.device_get(state.trainable)["llm"]["embed"])
 
+    # a non-finite loss skips the update inside the step (parameters and optimizer state unchanged) and is counted
+    bad = synthetic_batch(16, seed=5)
+    bad["loss_weights"] = np.where(bad["loss_weights"] > 0, np.float32(np.nan), np.float32(0))
+    trainable, opt = jax.device_get(state.trainable), jax.device_get(state.opt_state)
+    for expected_in_row in (1, 2):
+        state, metrics = step(state, parallel.host_to_global(bad, mesh, 16))
+        assert int(metrics["skipped_nonfinite"]) == 1 and int(metrics["nonfinite_in_row"]) == expected_in_row
+    jax.tree.map(np.testing.assert_array_equal, trainable, jax.device_get(state.trainable))
+    jax.tree.map(np.testing.assert_array_equal, opt, jax.device_get(state.opt_state))
+    assert int(state.step) == 4 and int(state.nonfinite_total) == 2
+    state, metrics = step(state, parallel.host_to_global(synthetic_batch(16, seed=6), mesh, 16))
+    assert int(metrics["skipped_nonfinite"]) == 0 and int(state.nonfinite_in_row) == 0
+    assert int(state.nonfinite_total) == 2 and int(optim_lib.update_count(state.opt_state)) == 3
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16)), before,
+                 jax.device_get(state.frozen))
+
 
 def test_align_trains_only_the_projector_and_full_trains_everything(host_params):
     mesh, state, step = build(host_params, (1, 1, 1), jax.devices()[:1], stage="align")
@@ -165,31 +190,3 @@ def test_align_trains_only_the_projector_and_full_trains_everything(host_params)
     mesh, state, _ = build(host_params, (1, 1, 1), jax.devices()[:1], stage="full")
     assert set(state.trainable) == {"vision", "projector", "llm"} and not state.frozen
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.trainable["vision"]))
-
-
-def test_non_finite_step_is_skipped_and_counted(host_params):
-    mesh, state, step = build(host_params, (2, 2, 1), jax.devices()[:4])
-    bad = synthetic_batch(8, seed=5)
-    bad["loss_weights"] = np.where(bad["loss_weights"] > 0, np.float32(np.nan), np.float32(0))
-    trainable = jax.device_get(state.trainable)
-    opt = jax.device_get(state.opt_state)
-    for expected_in_row in (1, 2):
-        state, metrics = step(state, parallel.host_to_global(bad, mesh, 8))
-        assert int(metrics["skipped_nonfinite"]) == 1 and int(metrics["nonfinite_in_row"]) == expected_in_row
-    jax.tree.map(np.testing.assert_array_equal, trainable, jax.device_get(state.trainable))
-    jax.tree.map(np.testing.assert_array_equal, opt, jax.device_get(state.opt_state))
-    assert int(state.step) == 2 and int(state.nonfinite_total) == 2
-    state, metrics = step(state, parallel.host_to_global(synthetic_batch(8, seed=6), mesh, 8))
-    assert int(metrics["skipped_nonfinite"]) == 0 and int(state.nonfinite_in_row) == 0
-    assert int(state.nonfinite_total) == 2 and int(optim_lib.update_count(state.opt_state)) == 1
-
-
-def test_flop_counts_are_global(host_params):
-    batch = synthetic_batch(8, seed=7)
-    mesh, state, step = build(host_params, (8, 1, 1), jax.devices())
-    _, metrics = step(state, parallel.host_to_global(batch, mesh, 8))
-    real = batch["segment_ids"] > 0
-    assert float(metrics["real_tokens"]) == real.sum()
-    assert float(metrics["causal_pairs"]) == np.where(real, batch["positions"] + 1, 0).sum()
-    assert float(metrics["num_images"]) == batch["image_valid"].sum()
-    assert float(metrics["capacity_tokens"]) == batch["segment_ids"].size

@@ -12,7 +12,9 @@ Saves are asynchronous (Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames
 interrupted mid-write is never listed as a step and its directory is removed at the next start).
 
 Parameters and optimizer state restore onto any mesh: the restore target is a tree of ShapeDtypeStructs carrying the
-new shardings. The data iterator state is per process, so it restores only with the same process count; otherwise the
+new shardings. They are written without Orbax's replica-parallel mode, which slices every replicated shard with eager
+ops (a one-off compile per shape: ~10 s per mesh on CPU) to share the writing between replicas; under FSDP little is
+replicated. The files are the same format, so `checkpoint_io` (StandardRestore) reads them. The data iterator state is per process, so it restores only with the same process count; otherwise the
 restore fails with a message, unless `checkpoint.restore_data=False`, which restarts the data stream from its start.
 """
 
@@ -32,6 +34,13 @@ from oq2vl_jax.training.state import TrainState, merge_params, split_params
 ITEMS = ("params", "meta", "opt_state", "train", "data")
 
 
+def _array_registry():
+    return ocp.type_handlers.create_type_handler_registry(
+        (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)),
+        (np.ndarray, ocp.type_handlers.NumpyHandler()),
+        (int, ocp.type_handlers.ScalarHandler()), (float, ocp.type_handlers.ScalarHandler()))
+
+
 def data_filename(process_index: int, process_count: int) -> str:
     return f"process_{process_index}-of-{process_count}.json"
 
@@ -40,10 +49,11 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int | None = 3, async_save: bool = True):
         self.directory = os.path.abspath(directory)
         every_process = ocp.options.MultiprocessingOptions(primary_host=None)
+        registry = _array_registry()
         handlers = {
-            "params": ocp.StandardCheckpointHandler(),
+            "params": ocp.PyTreeCheckpointHandler(type_handler_registry=registry),
             "meta": ocp.JsonCheckpointHandler(),
-            "opt_state": ocp.StandardCheckpointHandler(),
+            "opt_state": ocp.PyTreeCheckpointHandler(type_handler_registry=registry),
             "train": ocp.JsonCheckpointHandler(),
             # every process writes (and reads) its own file
             "data": ocp.JsonCheckpointHandler(filename=data_filename(jax.process_index(), jax.process_count()),
@@ -68,9 +78,9 @@ class Checkpointer:
                  "nonfinite_total": int(jax.device_get(state.nonfinite_total)),
                  "process_count": jax.process_count(), **(train_info or {})}
         args = ocp.args.Composite(
-            params=ocp.args.StandardSave(merge_params(state.trainable, state.frozen)),
+            params=ocp.args.PyTreeSave(merge_params(state.trainable, state.frozen)),
             meta=ocp.args.JsonSave(dict(meta)),
-            opt_state=ocp.args.StandardSave(state.opt_state),
+            opt_state=ocp.args.PyTreeSave(state.opt_state),
             train=ocp.args.JsonSave(train),
             data=ocp.args.JsonSave(dict(data_state)))
         self.manager.save(step, args=args, force=True)
@@ -95,7 +105,7 @@ class Checkpointer:
             data_state = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
         abstract_params = merge_params(abstract.trainable, abstract.frozen)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract.opt_state)))
+            params=_restore_args(abstract_params), opt_state=_restore_args(abstract.opt_state)))
         trainable, frozen = split_params(restored["params"], stage)
         scalar = lambda v, like: jax.device_put(np.asarray(v, np.int32), like.sharding)  # noqa: E731
         state = TrainState(step=scalar(info["step"], abstract.step), trainable=trainable, frozen=frozen,
@@ -115,3 +125,7 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
+
+def _restore_args(abstract) -> ocp.args.PyTreeRestore:
+    """Restore onto the shapes, dtypes and shardings of a tree of ShapeDtypeStructs."""
+    return ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))

@@ -206,10 +206,11 @@ def _global_data_totals(stats: DataStats) -> dict[str, int]:
     return totals
 
 
-def _initial_params(config, parts: ModelParts, mesh, abstract: TrainState, imported: dict | None) -> dict:
+def _initial_params(config, parts: ModelParts, mesh, abstract: TrainState, imported: dict | None,
+                    compiler_options) -> dict:
     source = config.init.source
     if source == "random":
-        return parts.random_params(int(config.seed), mesh)
+        return parts.random_params(int(config.seed), mesh, compiler_options)
     if source == "pretrained":
         return imported
     target = merge_params(abstract.trainable, abstract.frozen)
@@ -282,7 +283,7 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
         if primary:
             metrics_lib.truncate_metrics(workdir, resume_step)
     else:
-        state = init_state(_initial_params(config, parts, mesh, abstract, imported), parts, stage,
+        state = init_state(_initial_params(config, parts, mesh, abstract, imported, compiler_options), parts, stage,
                            config.model.frozen_dtype, tx, mesh)
         del imported
         checkpointer.write_tokenizer(config.data.tokenizer_dir)
@@ -324,8 +325,12 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
                   "skipped_nonfinite": int(m["skipped_nonfinite"])}
         first_loss = m["loss"] if first_loss is None else first_loss
         last_loss = m["loss"]
-        if step_no % t.log_every == 0 or step_no == total or step_no == start + 1:
-            now = time.perf_counter()
+        now = time.perf_counter()
+        if step_no == start + 1:  # includes start-up and compilation: kept out of the rates
+            record["first_step_time"] = now - window.start
+            window.reset(now)
+            writer.log(metrics_lib.progress_line(step_no, total, record))
+        elif step_no % t.log_every == 0 or step_no == total:
             record.update(window.rates(now, len(devices), peak))
             record.update({f"data/{k}": v for k, v in _global_data_totals(data_stats).items() if v})
             record["nonfinite_total"] = int(m["nonfinite_total"])

@@ -1,7 +1,8 @@
 """Training metrics: one JSONL record per step in WORKDIR/metrics.jsonl, the same scalars as TensorBoard events in
 WORKDIR/tensorboard, and a console progress line with rates and ETA every `log_every` steps. Only process 0 writes.
 
-Every record has step (updates done, 1-based), loss, lr, grad_norm, skipped_nonfinite. Records at log steps add rates
+Every record has step (updates done, 1-based), loss, lr, grad_norm, skipped_nonfinite; the first step of a run adds
+first_step_time (start-up and compilation included). Records at log steps add rates
 over the window since the previous log step: tokens_per_s (real tokens, image positions included), images_per_s,
 flops_per_s, mfu (training/flops.py), fill (real / capacity tokens), step_time, and the data pipeline's running totals
 under "data/<reason>".
@@ -80,7 +81,10 @@ def progress_line(step: int, total: int, record: Mapping[str, float]) -> str:
         parts.append(f"data skipped {skipped}")
     if record.get("nonfinite_total", 0):
         parts.append(f"non-finite steps {record['nonfinite_total']}")
-    parts.append(f"ETA {eta}")
+    if "first_step_time" in record:
+        parts.append(f"first step {record['first_step_time']:.1f} s (start-up and compilation)")
+    else:
+        parts.append(f"ETA {eta}")
     return " | ".join(parts)
 
 

@@ -94,11 +94,11 @@ class ModelParts:
         from oq2vl_jax.training.optimizer import decays
         return self.map_params(lambda p, x: decays(p, self.logical_axes[p]), tree)
 
-    def random_params(self, seed: int, mesh: Mesh) -> dict:
+    def random_params(self, seed: int, mesh: Mesh, compiler_options: Mapping[str, Any] | None = None) -> dict:
         """Random initialisation (demo, tests), created directly with its shardings."""
         out = self.shardings(self.abstract_params, mesh)
         init = jax.jit(lambda: nnx.state(VLM(self.config, self.options, rngs=nnx.Rngs(seed)), nnx.Param)
-                       .to_pure_dict(), out_shardings=out)
+                       .to_pure_dict(), out_shardings=out, compiler_options=compiler_options)
         return init()
 
 

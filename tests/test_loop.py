@@ -1,0 +1,206 @@
+"""The training loop: in-process runs on synthetic data (metrics, eval, resume, non-finite stop, config errors) and
+the CLI in subprocesses on the demo data: SIGTERM -> checkpoint + exit 0, kill -9 -> exact resume, every step once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from oq2vl_jax.errors import UserError
+from oq2vl_jax.training import loop, metrics
+from oq2vl_jax.training.checkpoint import Checkpointer
+from test_step import FAST_COMPILE, ROW_LENGTH, SyntheticIterator, synthetic_factory
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**train):
+    import runpy
+    c = runpy.run_path(os.path.join(REPO, "configs", "base.py"))["get_config"]()
+    c.model.update(vision="siglip-tiny", llm="qwen2-tiny", vocab_size=512, tokens_per_image=4,
+                   compute_dtype="float32", attention="xla", remat="none", vision_chunk=2, loss_chunk=64)
+    c.init.source = "random"
+    c.data.update(image_size=28, row_length=ROW_LENGTH, eval_sources=[{"kind": "synthetic"}])
+    c.train.update(stage="pretrain", num_steps=6, global_batch_rows=16, micro_batches=2, log_every=2, eval_every=2,
+                   eval_batches=1)
+    c.train.update(train)
+    c.optim.update(lr=3e-3, warmup_ratio=0.25)
+    c.mesh.update(data=2, fsdp=-1, tensor=1)
+    c.checkpoint.update(every_steps=2, keep=2, async_save=True)
+    c.log.tensorboard = False
+    return c
+
+
+class InterruptingIterator(SyntheticIterator):
+    """Sends this process SIGTERM, or raises (a crash), when asked for batch `at` (counting from the stream start)."""
+
+    def __init__(self, rows, at: int, how: str):
+        super().__init__(rows)
+        self.at, self.how = at, how
+
+    def __next__(self):
+        if self.index == self.at:
+            if self.how == "crash":
+                raise RuntimeError("simulated crash")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__next__()
+
+
+def test_run_metrics_eval_checkpoints_and_exact_resume_after_sigterm_and_crash(tmp_path):
+    reference_dir, workdir = str(tmp_path / "reference"), str(tmp_path / "interrupted")
+    result = loop.run(tiny_config(), reference_dir, data_factory=synthetic_factory(), compiler_options=FAST_COMPILE)
+    assert (result.start_step, result.last_step, result.stopped_by) == (0, 6, "num_steps")
+    records = metrics.read_metrics(reference_dir)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert "first_step_time" in records[0]
+    logged = [r for r in records if "tokens_per_s" in r]
+    assert [r["step"] for r in logged] == [2, 4, 6] and all(r["fill"] > 0.5 and r["data/documents"] > 0
+                                                            for r in logged)
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 4, 6]
+    assert result.eval_loss == pytest.approx(records[-1]["eval_loss"])
+    assert sorted(os.listdir(os.path.join(reference_dir, "checkpoints"))) == ["4", "6"]  # keep=2
+    expected = {r["step"]: r["loss"] for r in records if "loss" in r}
+
+    # SIGTERM while batch 2 is read: stops after the current step with a checkpoint there
+    interrupt = lambda at, how: (lambda split, seed, pi, pc, rows: InterruptingIterator(rows, at, how))  # noqa: E731
+    stopped = loop.run(tiny_config(eval_every=0), workdir, data_factory=interrupt(2, "sigterm"),
+                       compiler_options=FAST_COMPILE)
+    assert stopped.stopped_by == "sigterm" and 1 <= stopped.last_step < 6
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert ckpt.latest_step() == stopped.last_step
+    ckpt.close()
+    # resumed; crashes when batch 5 is read (batches already consumed are not re-read)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        loop.run(tiny_config(eval_every=0), workdir, data_factory=interrupt(5, "crash"), compiler_options=FAST_COMPILE)
+    final = loop.run(tiny_config(eval_every=0), workdir, data_factory=synthetic_factory(),
+                     compiler_options=FAST_COMPILE)
+    assert final.last_step == 6 and final.start_step in (4, 5)
+    got = {r["step"]: r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r}
+    assert [r["step"] for r in metrics.read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert got == expected  # bit-exact
+
+    # the finished reference run again: resumes at num_steps, runs and re-logs nothing
+    again = loop.run(tiny_config(eval_every=0), reference_dir, data_factory=synthetic_factory())
+    assert (again.start_step, again.last_step) == (6, 6)
+    assert [r["step"] for r in metrics.read_metrics(reference_dir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+class NanIterator(SyntheticIterator):
+    def __next__(self):
+        batch = super().__next__()
+        batch["loss_weights"] = np.where(batch["loss_weights"] > 0, np.float32(np.nan), np.float32(0))
+        return batch
+
+
+def test_consecutive_non_finite_steps_stop_the_run(tmp_path):
+    factory = lambda split, seed, pi, pc, rows: NanIterator(rows)  # noqa: E731
+    config = tiny_config(num_steps=10, max_nonfinite_in_row=3, eval_every=0, global_batch_rows=4, micro_batches=1)
+    config.mesh.update(data=1, fsdp=1)
+    config.checkpoint.every_steps = 100
+    with pytest.raises(UserError, match="3 consecutive steps"):
+        loop.run(config, str(tmp_path), devices=jax.devices()[:1], data_factory=factory,
+                 compiler_options=FAST_COMPILE)
+    records = metrics.read_metrics(str(tmp_path))
+    assert [r["skipped_nonfinite"] for r in records] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("override, field", [
+    (dict(global_batch_rows=12), "global_batch_rows"),      # 12 rows over 8 batch shards
+    (dict(micro_batches=3), "micro_batches"),
+    (dict(stage="everything"), "train.stage"),
+])
+def test_config_errors_name_the_field(tmp_path, override, field):
+    with pytest.raises(UserError, match=field):
+        loop.run(tiny_config(**override), str(tmp_path), data_factory=synthetic_factory())
+
+
+def test_missing_weight_path_names_the_field(tmp_path):
+    config = tiny_config()
+    config.init.update(source="pretrained", llm_dir=str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="init.llm_dir"):
+        loop.run(config, str(tmp_path), data_factory=synthetic_factory())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The CLI on the demo data, in subprocesses: SIGTERM, kill -9, resume.
+
+CLI_STEPS = 12
+
+
+def cli(workdir: str, data_dir: str) -> list[str]:
+    return [sys.executable, "-m", "oq2vl_jax.train", "--config", os.path.join(REPO, "configs", "demo.py"),
+            "--workdir", workdir, f"--config.demo.data_dir={data_dir}", "--config.demo.num_train=256",
+            "--config.demo.num_eval=16", "--config.demo.score_attributes=False",
+            f"--config.train.num_steps={CLI_STEPS}", "--config.train.global_batch_rows=8",
+            "--config.train.log_every=4", "--config.train.eval_every=0", "--config.checkpoint.every_steps=3",
+            "--config.data.row_length=64", "--config.data.pack_buffer=64", "--config.log.tensorboard=False"]
+
+
+def cli_env() -> dict:
+    # 2 devices (FSDP over both) and fast XLA:CPU compiles keep the four runs quick
+    flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+    return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": REPO}
+
+
+def wait_for_step(proc: subprocess.Popen, workdir: str, step: int, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(r.get("step", 0) >= step for r in metrics.read_metrics(workdir)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def losses(workdir: str) -> dict[int, float]:
+    records = [r for r in metrics.read_metrics(workdir) if "loss" in r]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), f"a step repeated or out of order: {steps}"
+    return {r["step"]: r["loss"] for r in records}
+
+
+@pytest.mark.slow  # ~2 minutes on 2 cores: five CLI start-ups; the in-process test above covers the same logic
+def test_cli_sigterm_then_kill9_resume_exactly(tmp_path):
+    data_dir = str(tmp_path / "demo_data")
+    reference_dir, interrupted_dir = str(tmp_path / "reference"), str(tmp_path / "interrupted")
+    # write the demo data once so the two first runs do not race for it
+    prepare = subprocess.run(cli(str(tmp_path / "prepare"), data_dir) + ["--config.train.num_steps=1"],
+                             env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert prepare.returncode == 0, prepare.stderr[-3000:]
+    reference = subprocess.Popen(cli(reference_dir, data_dir), env=cli_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(cli(interrupted_dir, data_dir), env=cli_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    wait_for_step(first, interrupted_dir, 4)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-3000:]
+    stopped_at = max(losses(interrupted_dir))
+    assert f"checkpoint: {interrupted_dir}/checkpoints/{stopped_at}" in out and "(sigterm)" in out
+    assert stopped_at < CLI_STEPS
+
+    second = subprocess.Popen(cli(interrupted_dir, data_dir), env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    wait_for_step(second, interrupted_dir, stopped_at + 4)
+    second.send_signal(signal.SIGKILL)
+    second.wait(timeout=60)
+    third = subprocess.run(cli(interrupted_dir, data_dir), env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"-> {CLI_STEPS} (num_steps)" in third.stdout
+
+    out, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
+    expected, got = losses(reference_dir), losses(interrupted_dir)
+    assert sorted(got) == list(range(1, CLI_STEPS + 1)) == sorted(expected)
+    assert got == expected  # bit-exact: same batches, same compiled step
+    assert got[CLI_STEPS] < got[1]
