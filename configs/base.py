@@ -39,6 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
     ))
 
     c.data = default_data_config()
+    # tuples, so they can be overridden on the command line:
+    #   --config.data.sources='({"kind": "webdataset", "path": "/data/datacomp"}, {"kind": "webdataset", ...})'
+    c.data.sources = ()
+    c.data.eval_sources = ()
+    # "" = the tokenizer of the weights: init.llm_dir (pretrained), the init_from checkpoint's, or the resumed one's
+    c.data.tokenizer_dir = ""
 
     c.train = ml_collections.ConfigDict(dict(
         stage="pretrain",            # align | pretrain | full

@@ -66,8 +66,8 @@ def prepare_demo_data(config, workdir: str) -> dict:
         multihost_utils.sync_global_devices("demo data written")
     with open(marker) as f:
         paths = {k: os.path.join(data_dir, v) for k, v in json.load(f).items()}
-    config.data.sources = [{"kind": "webdataset", "path": paths["train"]}]
-    config.data.eval_sources = [{"kind": "webdataset", "path": paths["eval"]}]
+    config.data.sources = ({"kind": "webdataset", "path": paths["train"]},)
+    config.data.eval_sources = ({"kind": "webdataset", "path": paths["eval"]},)
     config.data.tokenizer_dir = paths["tokenizer_dir"]
     return paths
 

@@ -114,9 +114,13 @@ class Checkpointer:
                            nonfinite_total=scalar(info["nonfinite_total"], abstract.nonfinite_total))
         return state, data_state, info
 
-    def write_tokenizer(self, tokenizer_dir: str) -> None:
-        if jax.process_index() == 0 and tokenizer_dir:
-            checkpoint_io.copy_tokenizer(tokenizer_dir, self.directory)
+    def write_tokenizer(self, tokenizer_dir: str, vocab_size: int) -> None:
+        """Stores the tokenizer (with the reference's added tokens, tokenizer files only) beside the steps."""
+        from oq2vl_jax.convert import tokenizer as tokenizer_lib
+
+        dst = os.path.join(self.directory, checkpoint_io.TOKENIZER_DIR)
+        if jax.process_index() == 0 and tokenizer_dir and os.path.abspath(tokenizer_dir) != dst:
+            tokenizer_lib.prepare(tokenizer_dir, dst, vocab_size=vocab_size)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

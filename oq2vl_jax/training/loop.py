@@ -89,7 +89,7 @@ def preset_model_config(config, vocab_size: int = 0) -> VLMConfig:
     return VLMConfig(vision=vision, llm=llm, tokens_per_image=int(m.tokens_per_image))
 
 
-def validate_config(config, mesh, *, check_paths: bool = True) -> None:
+def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool = True) -> None:
     """Checks that can fail before anything heavy happens; each message names the field to set."""
     check_stage(config.train.stage)
     t = config.train
@@ -114,10 +114,13 @@ def validate_config(config, mesh, *, check_paths: bool = True) -> None:
         logging.warning("model.reference_compat=%s but data.label_mode=%s: reproducing the reference needs both",
                         config.model.reference_compat, config.data.label_mode)
     if check_paths:
-        validate_paths(config)
+        validate_paths(config, check_data)
 
 
-def validate_paths(config) -> None:
+def validate_paths(config, check_data: bool = True) -> None:
+    if check_data and not config.data.sources:
+        raise UserError("data.sources is empty; set e.g. --config.data.sources='({\"kind\": \"webdataset\", "
+                        "\"path\": \"/data/shards\"},)' (see oq2vl_jax/data/pipeline.py for the kinds)")
     source = config.init.source
     paths = {"pretrained": ("llm_dir", "vision_src"), "checkpoint": ("init_from",), "random": ()}[source]
     for name in paths:
@@ -125,13 +128,30 @@ def validate_paths(config) -> None:
         if not value or not os.path.exists(value):
             raise UserError(f"init.{name}: {value!r} does not exist; set --config.init.{name}=PATH "
                             f"(init.source='{source}')")
-    if config.data.tokenizer_dir and not os.path.isdir(config.data.tokenizer_dir):
-        raise UserError(f"data.tokenizer_dir: {config.data.tokenizer_dir!r} is not a directory; set "
-                        "--config.data.tokenizer_dir=PATH")
-    for i, spec in enumerate(config.data.sources):
+    for i, spec in enumerate(config.data.sources if check_data else ()):
         path = spec.get("path", "")
         if path and not path.startswith(("gs://", "s3://")) and not os.path.exists(path):
             raise UserError(f"data.sources[{i}].path: {path!r} does not exist")
+    if config.data.tokenizer_dir and not os.path.isdir(config.data.tokenizer_dir):
+        raise UserError(f"data.tokenizer_dir: {config.data.tokenizer_dir!r} is not a directory; set "
+                        "--config.data.tokenizer_dir=PATH")
+
+
+def resolve_tokenizer_dir(config, checkpoint_dir: str, resuming: bool) -> None:
+    """An empty data.tokenizer_dir means the tokenizer that came with the weights: the resumed checkpoint's, the
+    init_from checkpoint's, or the HF LLM directory's."""
+    if config.data.tokenizer_dir:
+        return
+    if resuming:
+        found = checkpoint_io.tokenizer_path(checkpoint_dir)
+    elif config.init.source == "checkpoint":
+        found = checkpoint_io.tokenizer_path(config.init.init_from)
+    elif config.init.source == "pretrained":
+        found = config.init.llm_dir
+    else:
+        found = None
+    if found:
+        config.data.tokenizer_dir = found
 
 
 def pipeline_data_factory(config, tokens_per_image: int) -> DataFactory:
@@ -261,13 +281,14 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     workdir = os.path.abspath(workdir)
     devices = list(devices if devices is not None else jax.devices())
     mesh = parallel.build_mesh(config.mesh, devices)
-    validate_config(config, mesh)
+    validate_config(config, mesh, check_data=data_factory is None)
     t, stage = config.train, config.train.stage
     primary = jax.process_index() == 0
 
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_SUBDIR), keep=int(config.checkpoint.keep),
                                 async_save=bool(config.checkpoint.async_save))
     resume_step = checkpointer.latest_step()
+    resolve_tokenizer_dir(config, checkpointer.directory, resume_step is not None)
     vlm_config, imported = _model_config(config, checkpointer)
     parts = ModelParts(vlm_config, model_options(config.model))
     total = int(t.num_steps)
@@ -286,7 +307,7 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
         state = init_state(_initial_params(config, parts, mesh, abstract, imported, compiler_options), parts, stage,
                            config.model.frozen_dtype, tx, mesh)
         del imported
-        checkpointer.write_tokenizer(config.data.tokenizer_dir)
+        checkpointer.write_tokenizer(config.data.tokenizer_dir, vlm_config.llm.vocab_size)
     start = int(jax.device_get(state.step))
 
     make_iterator = data_factory or pipeline_data_factory(config, vlm_config.tokens_per_image)
