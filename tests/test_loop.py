@@ -17,6 +17,7 @@ import pytest
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.training import loop, metrics
 from oq2vl_jax.training.checkpoint import Checkpointer
+from convert_fixtures import hf_llm, hf_vision, tiny_tokenizer_dir  # noqa: F401 (pytest fixtures)
 from test_step import FAST_COMPILE, ROW_LENGTH, SyntheticIterator, synthetic_factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +87,9 @@ def test_run_metrics_eval_checkpoints_and_exact_resume_after_sigterm_and_crash(t
     got = {r["step"]: r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r}
     assert [r["step"] for r in metrics.read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert got == expected  # bit-exact
+    # the data totals are saved with each process's iterator state and continue across restarts
+    last = lambda d: [r for r in metrics.read_metrics(d) if "data/documents" in r][-1]  # noqa: E731
+    assert last(workdir)["step"] == 6 and last(workdir)["data/documents"] == last(reference_dir)["data/documents"]
 
     # the finished reference run again: resumes at num_steps, runs and re-logs nothing
     again = loop.run(tiny_config(eval_every=0), reference_dir, data_factory=synthetic_factory())
@@ -204,3 +208,33 @@ def test_cli_sigterm_then_kill9_resume_exactly(tmp_path):
     assert sorted(got) == list(range(1, CLI_STEPS + 1)) == sorted(expected)
     assert got == expected  # bit-exact: same batches, same compiled step
     assert got[CLI_STEPS] < got[1]
+
+
+def test_init_from_pretrained_hf_dirs_then_from_that_checkpoint(tmp_path, hf_llm, hf_vision):
+    import jax.numpy as jnp
+
+    from oq2vl_jax import checkpoint_io
+    from oq2vl_jax.convert.importer import import_pretrained
+
+    config = tiny_config(num_steps=1, eval_every=0, global_batch_rows=4, micro_batches=1)
+    config.mesh.update(data=1, fsdp=1)
+    config.init.update(source="pretrained", llm_dir=hf_llm[0], vision_src=hf_vision[0])
+    first = str(tmp_path / "first")
+    result = loop.run(config, first, devices=jax.devices()[:1], data_factory=synthetic_factory(),
+                      compiler_options=FAST_COMPILE)
+    model_config, imported = import_pretrained(hf_llm[0], hf_vision[0], tokens_per_image=4)
+    assert result.model_config == model_config and model_config.llm.intermediate_size == 96
+    # the frozen tower is the imported one, stored in bf16; the tokenizer came from the LLM directory
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(jnp.bfloat16)),
+                 jax.device_get(result.state.frozen["vision"]), imported["vision"])
+    assert checkpoint_io.tokenizer_path(result.checkpoint_dir)
+
+    # a new run starting from that checkpoint, in another stage: only its parameters are read
+    config.init.update(source="checkpoint", init_from=result.checkpoint_dir, llm_dir="", vision_src="")
+    config.train.stage = "align"
+    second = loop.run(config, str(tmp_path / "second"), devices=jax.devices()[:1], data_factory=synthetic_factory(),
+                      compiler_options=FAST_COMPILE)
+    assert second.start_step == 0 and second.last_step == 1
+    trained_llm = jax.device_get(result.state.trainable["llm"])
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(jnp.bfloat16)),
+                 jax.device_get(second.state.frozen["llm"]), trained_llm)

@@ -29,7 +29,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from oq2vl_jax import checkpoint_io, parallel
-from oq2vl_jax.data.stats import SKIP_REASONS, DataStats
+from oq2vl_jax.data.stats import SKIP_REASONS, DataStats, add_counts
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.training import flops as flops_lib
@@ -296,7 +296,7 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     tx = make_optimizer(config.optim, total, parts.decay_mask(trainable_abstract))
     abstract, shardings = abstract_state(parts, stage, config.model.frozen_dtype, tx, mesh)
 
-    data_state = None
+    data_state = None  # {"iterator": this process's iterator state, "stats": its data totals so far}
     if resume_step is not None:
         state, data_state, _ = checkpointer.restore(abstract, stage, resume_step,
                                                     restore_data=bool(config.checkpoint.restore_data))
@@ -314,8 +314,10 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     row_start, row_stop = parallel.process_rows(mesh, t.global_batch_rows)
     iterator = make_iterator("train", int(config.seed), jax.process_index(), jax.process_count(),
                              row_stop - row_start)
+    data_stats = DataStats()
     if data_state is not None:
-        iterator.set_state(data_state)
+        iterator.set_state(data_state["iterator"])
+        add_counts(data_stats.totals, data_state["stats"])
     train_step = make_train_step(parts, tx, mesh, micro_batches=int(t.micro_batches),
                                  lr_fn=lr_schedule(float(config.optim.lr), total, float(config.optim.warmup_ratio)),
                                  state_shardings=shardings, compiler_options=compiler_options)
@@ -326,8 +328,8 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=bool(config.log.tensorboard))
     peak = flops_lib.peak_flops_per_device(devices[0].device_kind, float(config.hardware.peak_tflops))
     trained = check_stage(stage)
-    data_stats, window, stop = DataStats(), metrics_lib.Window(), _StopSignal()
-    last_data_state = data_state or iterator.get_state()
+    window, stop = metrics_lib.Window(), _StopSignal()
+    iterator_state = iterator.get_state()
     prefetch = _Prefetcher(iterator)
     # a finite data stream can end on one process first; then every process must stop at the same step
     sync_end = jax.process_count() > 1 and int(config.data.num_epochs) > 0
@@ -373,7 +375,7 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
                 stopped_by = "data_exhausted"
                 logging.warning("the training data ran out after %d steps (train.num_steps=%d)", step, total)
                 break
-            batch, last_data_state = item
+            batch, iterator_state = item
             data_stats.update(batch.pop("stats"))
             global_batch = parallel.host_to_global(batch, mesh, t.global_batch_rows)
             with jax.set_mesh(mesh):
@@ -394,11 +396,11 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
                 stopped_by = "sigterm"
                 break
             if step % config.checkpoint.every_steps == 0 and step < total:
-                checkpointer.save(state, last_data_state, meta)
+                checkpointer.save(state, {"iterator": iterator_state, "stats": data_stats.totals}, meta)
         if pending is not None:
             finish(pending)
         if step > start or checkpointer.latest_step() != step:
-            checkpointer.save(state, last_data_state, meta)
+            checkpointer.save(state, {"iterator": iterator_state, "stats": data_stats.totals}, meta)
         checkpointer.wait()
     finally:
         stop.restore()
