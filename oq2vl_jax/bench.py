@@ -31,15 +31,19 @@ from oq2vl_jax.training.optimizer import lr_schedule, make_optimizer
 from oq2vl_jax.training.state import ModelParts, abstract_state, check_stage, init_state
 from oq2vl_jax.training.step import flop_counts, make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/h100x8.py", "training config to benchmark")
-_ROWS = flags.DEFINE_integer("rows", 2, "rows per step (all devices)")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps first (compilation included)")
-_IMAGES = flags.DEFINE_integer("images_per_row", 25, "images per row (documents per row)")
-_SLOTS = flags.DEFINE_integer("slots", 32, "image slots per row (M); the unused ones are padding")
-_MATMUL = flags.DEFINE_integer("matmul_size", 8192, "n for the n^3 bf16 matmul ceiling (0 = skip)")
-_TINY = flags.DEFINE_bool("tiny", False, "tiny model and 256-token rows: checks the benchmark on CPU")
-_JSON = flags.DEFINE_string("json", "", "also write the result here")
+def define_flags() -> dict:
+    """Flags exist only when the benchmark is the program (the trainer defines its own --config)."""
+    return {
+        "config": config_flags.DEFINE_config_file("config", "configs/h100x8.py", "training config to benchmark"),
+        "rows": flags.DEFINE_integer("rows", 2, "rows per step (all devices)"),
+        "steps": flags.DEFINE_integer("steps", 5, "timed steps"),
+        "warmup": flags.DEFINE_integer("warmup", 2, "untimed steps first (compilation included)"),
+        "images_per_row": flags.DEFINE_integer("images_per_row", 25, "images per row (documents per row)"),
+        "slots": flags.DEFINE_integer("slots", 32, "image slots per row (M); the unused ones are padding"),
+        "matmul_size": flags.DEFINE_integer("matmul_size", 8192, "n for the n^3 bf16 matmul ceiling (0 = skip)"),
+        "tiny": flags.DEFINE_bool("tiny", False, "tiny model and 256-token rows: checks the benchmark on CPU"),
+        "json": flags.DEFINE_string("json", "", "also write the result here"),
+    }
 
 
 def matmul_ceiling(n: int, reps: int = 10) -> float | None:
@@ -56,18 +60,18 @@ def matmul_ceiling(n: int, reps: int = 10) -> float | None:
     return 2.0 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
-def bench_config(cfg, tiny: bool) -> tuple[VLMConfig, dict]:
+def bench_config(cfg, tiny: bool, images_per_row: int = 25, slots: int = 32) -> tuple[VLMConfig, dict]:
     if tiny:
         config = VLMConfig(vision=vision_preset("siglip-tiny"),
                            llm=dataclasses.replace(llm_preset("qwen2-tiny"), vocab_size=1024), tokens_per_image=4)
         return config, dict(row_length=256, images_per_row=8, slots=10)
-    return preset_model_config(cfg), dict(row_length=int(cfg.data.row_length), images_per_row=_IMAGES.value,
-                                          slots=_SLOTS.value)
+    return preset_model_config(cfg), dict(row_length=int(cfg.data.row_length), images_per_row=images_per_row,
+                                          slots=slots)
 
 
 def run_step_bench(cfg, *, rows: int, steps: int, warmup: int, tiny: bool, matmul_size: int,
-                   devices=None) -> dict:
-    config, shape = bench_config(cfg, tiny)
+                   images_per_row: int = 25, slots: int = 32, devices=None) -> dict:
+    config, shape = bench_config(cfg, tiny, images_per_row, slots)
     options = model_options(cfg.model)
     if tiny:
         options = dataclasses.replace(options, compute_dtype="float32", attention="xla", loss_chunk=128)
@@ -121,22 +125,24 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def main(argv):
+def main(argv, f: dict):
     if len(argv) != 2 or argv[1] != "step":
         raise app.UsageError("usage: python -m oq2vl_jax.bench step --config CONFIG [--rows N] [--tiny]")
     try:
-        result = run_step_bench(_CONFIG.value, rows=_ROWS.value, steps=_STEPS.value, warmup=_WARMUP.value,
-                                tiny=_TINY.value, matmul_size=_MATMUL.value)
+        result = run_step_bench(f["config"].value, rows=f["rows"].value, steps=f["steps"].value,
+                                warmup=f["warmup"].value, tiny=f["tiny"].value, matmul_size=f["matmul_size"].value,
+                                images_per_row=f["images_per_row"].value, slots=f["slots"].value)
     except UserError as e:
         raise SystemExit(f"error: {e}")
     for key in ("device", "rows", "remat", "attention", "step_ms", "tokens_per_s", "images_per_s", "tflops_per_device",
                 "mfu", "matmul_ceiling_tflops", "mfu_vs_ceiling", "peak_mem_gib", "loss"):
         print(f"{key:>22}: {_fmt(result[key])}")
     print(json.dumps(result))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(result, f)
+    if f["json"].value:
+        with open(f["json"].value, "w") as out:
+            json.dump(result, out)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _flags = define_flags()
+    app.run(lambda argv: main(argv, _flags))
