@@ -3,7 +3,6 @@ the CLI in subprocesses on the demo data: SIGTERM -> checkpoint + exit 0, kill -
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.training import loop, metrics
 from oq2vl_jax.training.checkpoint import Checkpointer
-from convert_fixtures import hf_llm, hf_vision, tiny_tokenizer_dir  # noqa: F401 (pytest fixtures)
+from convert_fixtures import hf_llm, hf_vision, tiny_tokenizer_dir  # noqa: F401,F811 (pytest fixtures)
 from test_step import FAST_COMPILE, ROW_LENGTH, SyntheticIterator, synthetic_factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +56,14 @@ class InterruptingIterator(SyntheticIterator):
 
 def test_run_metrics_eval_checkpoints_and_exact_resume_after_sigterm_and_crash(tmp_path):
     reference_dir, workdir = str(tmp_path / "reference"), str(tmp_path / "interrupted")
-    result = loop.run(tiny_config(), reference_dir, data_factory=synthetic_factory(), compiler_options=FAST_COMPILE)
+
+    def run(directory, factory, **train):  # FSDP over 2 devices: sharded saves and restores, quicker compiles
+        config = tiny_config(**train)
+        config.mesh.update(data=1, fsdp=-1)
+        return loop.run(config, directory, devices=jax.devices()[:2], data_factory=factory,
+                        compiler_options=FAST_COMPILE)
+
+    result = run(reference_dir, synthetic_factory())
     assert (result.start_step, result.last_step, result.stopped_by) == (0, 6, "num_steps")
     records = metrics.read_metrics(reference_dir)
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
@@ -72,17 +78,15 @@ def test_run_metrics_eval_checkpoints_and_exact_resume_after_sigterm_and_crash(t
 
     # SIGTERM while batch 2 is read: stops after the current step with a checkpoint there
     interrupt = lambda at, how: (lambda split, seed, pi, pc, rows: InterruptingIterator(rows, at, how))  # noqa: E731
-    stopped = loop.run(tiny_config(eval_every=0), workdir, data_factory=interrupt(2, "sigterm"),
-                       compiler_options=FAST_COMPILE)
+    stopped = run(workdir, interrupt(2, "sigterm"), eval_every=0)
     assert stopped.stopped_by == "sigterm" and 1 <= stopped.last_step < 6
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     assert ckpt.latest_step() == stopped.last_step
     ckpt.close()
     # resumed; crashes when batch 5 is read (batches already consumed are not re-read)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        loop.run(tiny_config(eval_every=0), workdir, data_factory=interrupt(5, "crash"), compiler_options=FAST_COMPILE)
-    final = loop.run(tiny_config(eval_every=0), workdir, data_factory=synthetic_factory(),
-                     compiler_options=FAST_COMPILE)
+        run(workdir, interrupt(5, "crash"), eval_every=0)
+    final = run(workdir, synthetic_factory(), eval_every=0)
     assert final.last_step == 6 and final.start_step in (4, 5)
     got = {r["step"]: r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r}
     assert [r["step"] for r in metrics.read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
@@ -92,7 +96,7 @@ def test_run_metrics_eval_checkpoints_and_exact_resume_after_sigterm_and_crash(t
     assert last(workdir)["step"] == 6 and last(workdir)["data/documents"] == last(reference_dir)["data/documents"]
 
     # the finished reference run again: resumes at num_steps, runs and re-logs nothing
-    again = loop.run(tiny_config(eval_every=0), reference_dir, data_factory=synthetic_factory())
+    again = run(reference_dir, synthetic_factory(), eval_every=0)
     assert (again.start_step, again.last_step) == (6, 6)
     assert [r["step"] for r in metrics.read_metrics(reference_dir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
@@ -210,7 +214,7 @@ def test_cli_sigterm_then_kill9_resume_exactly(tmp_path):
     assert got[CLI_STEPS] < got[1]
 
 
-def test_init_from_pretrained_hf_dirs_then_from_that_checkpoint(tmp_path, hf_llm, hf_vision):
+def test_init_from_pretrained_hf_dirs_then_from_that_checkpoint(tmp_path, hf_llm, hf_vision):  # noqa: F811
     import jax.numpy as jnp
 
     from oq2vl_jax import checkpoint_io

@@ -10,13 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from oq2vl_jax import parallel
 from oq2vl_jax.bench_shapes import pretraining_rows
 from oq2vl_jax.data.stats import empty_stats
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
-from oq2vl_jax.models.vlm import VLM
 from oq2vl_jax.training import optimizer as optim_lib
 from oq2vl_jax.training import state as state_lib
 from oq2vl_jax.training.step import make_train_step
@@ -73,7 +71,8 @@ def synthetic_factory(seed_offset: int = 0):
 
 
 def random_host_params(seed: int = 0) -> dict:
-    return jax.device_get(nnx.state(VLM(TINY, tiny_options(), rngs=nnx.Rngs(seed)), nnx.Param).to_pure_dict())
+    mesh = parallel.build_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    return jax.device_get(state_lib.ModelParts(TINY, tiny_options()).random_params(seed, mesh, FAST_COMPILE))
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def build(host_params, mesh_shape, devices, *, stage="pretrain", micro_batches=1
     parts = state_lib.ModelParts(TINY, options or tiny_options())
     trainable, _ = state_lib.split_params(parts.abstract_params, stage)
     tx = optim_lib.make_optimizer(OPTIM, total, parts.decay_mask(trainable))
-    state = state_lib.init_state(host_params, parts, stage, "bfloat16", tx, mesh)
+    state = state_lib.init_state(host_params, parts, stage, "bfloat16", tx, mesh, FAST_COMPILE)
     _, shardings = state_lib.abstract_state(parts, stage, "bfloat16", tx, mesh)
     step = make_train_step(parts, tx, mesh, micro_batches=micro_batches, state_shardings=shardings,
                            lr_fn=optim_lib.lr_schedule(OPTIM["lr"], total, OPTIM["warmup_ratio"]),
@@ -129,9 +128,11 @@ def test_accumulating_four_micro_batches_equals_one_big_batch(host_params):
         mesh, state, step = build(host_params, (2, 2, 1), jax.devices()[:4], micro_batches=micro)
         state, losses = run_steps(mesh, state, step, batches, 16)
         results[micro] = (losses, jax.device_get(state.trainable))
-    np.testing.assert_allclose(results[4][0], results[1][0], rtol=1e-5)
-    # Adam divides by sqrt(v): float-rounding differences of tiny gradients show up as ~1e-6 absolute
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), results[4][1], results[1][1])
+    np.testing.assert_allclose(results[4][0], results[1][0], rtol=1e-5)  # step 2's loss follows step 1's update
+    # Adam's first updates are ~lr * sign(gradient): a float-rounding difference in a gradient near zero can move
+    # one weight by up to 2 lr, so the weights are compared at a fraction of lr, not at float precision
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=0.05 * OPTIM["lr"]), results[4][1],
+                 results[1][1])
 
 
 def test_reference_compat_averages_micro_batch_means(host_params):

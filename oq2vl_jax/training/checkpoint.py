@@ -4,22 +4,26 @@
                                         `checkpoint_io.load_params`, the exporter and `init_from` read
   WORKDIR/checkpoints/<step>/meta       JSON: format, version, model_config, stage, the training config
   WORKDIR/checkpoints/<step>/opt_state  optimizer state (sharded like the trained parameters)
-  WORKDIR/checkpoints/<step>/train      JSON: step, non-finite counters, seed, process count
-  WORKDIR/checkpoints/<step>/data       process_<i>-of-<n>.json: each process's data iterator state
+  WORKDIR/checkpoints/<step>/train      JSON: step, non-finite counters, process count
+  WORKDIR/checkpoints/<step>/data       process_<i>-of-<n>.json: each process's data state (the loop stores its
+                                        iterator state and data totals there)
   WORKDIR/checkpoints/tokenizer/        the tokenizer
 
-Saves are asynchronous (Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when complete, so a save
-interrupted mid-write is never listed as a step and its directory is removed at the next start).
+Saves are asynchronous (Orbax writes `<step>.orbax-checkpoint-tmp` and renames it when complete, so a save
+interrupted mid-write is never listed as a step; its directory is removed at the next start).
 
 Parameters and optimizer state restore onto any mesh: the restore target is a tree of ShapeDtypeStructs carrying the
 new shardings. They are written without Orbax's replica-parallel mode, which slices every replicated shard with eager
 ops (a one-off compile per shape: ~10 s per mesh on CPU) to share the writing between replicas; under FSDP little is
-replicated. The files are the same format, so `checkpoint_io` (StandardRestore) reads them. The data iterator state is per process, so it restores only with the same process count; otherwise the
-restore fails with a message, unless `checkpoint.restore_data=False`, which restarts the data stream from its start.
+replicated. The files are the same format, so `checkpoint_io` (StandardRestore) reads them.
+
+The data iterator state is per process, so it restores only with the same process count; otherwise the restore fails
+with a message, unless `checkpoint.restore_data=False`, which restarts the data stream from its start.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping
 
@@ -72,17 +76,18 @@ class Checkpointer:
 
     def save(self, state: TrainState, data_state: Mapping[str, Any], meta: Mapping[str, Any],
              train_info: Mapping[str, Any] | None = None) -> int:
-        """Starts an (async) save of `state` at its step; returns the step."""
+        """Starts an (async) save of `state` at its step; returns the step. The JSON items are snapshotted now (the
+        async writer serialises them later, when the caller may have changed them)."""
         step = int(jax.device_get(state.step))
         train = {"step": step, "nonfinite_in_row": int(jax.device_get(state.nonfinite_in_row)),
                  "nonfinite_total": int(jax.device_get(state.nonfinite_total)),
                  "process_count": jax.process_count(), **(train_info or {})}
         args = ocp.args.Composite(
             params=ocp.args.PyTreeSave(merge_params(state.trainable, state.frozen)),
-            meta=ocp.args.JsonSave(dict(meta)),
+            meta=ocp.args.JsonSave(_snapshot(meta)),
             opt_state=ocp.args.PyTreeSave(state.opt_state),
-            train=ocp.args.JsonSave(train),
-            data=ocp.args.JsonSave(dict(data_state)))
+            train=ocp.args.JsonSave(_snapshot(train)),
+            data=ocp.args.JsonSave(_snapshot(data_state)))
         self.manager.save(step, args=args, force=True)
         return step
 
@@ -128,6 +133,10 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _snapshot(item: Mapping[str, Any]) -> dict:
+    return json.loads(json.dumps(item))
 
 
 def _restore_args(abstract) -> ocp.args.PyTreeRestore:

@@ -50,7 +50,8 @@ def peak_flops_per_device(device_kind: str, override_tflops: float = 0.0) -> flo
 
 def llm_matmul_params(config: VLMConfig) -> int:
     c = config.llm
-    per_layer = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads) + 3 * c.hidden_size * c.intermediate_size
+    attention = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    per_layer = attention + 3 * c.hidden_size * c.intermediate_size
     return c.num_layers * per_layer + c.vocab_size * c.hidden_size
 
 

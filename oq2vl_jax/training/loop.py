@@ -15,7 +15,6 @@ been dispatched, so the host never waits for the device between steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import queue
 import signal
@@ -304,8 +303,9 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
         if primary:
             metrics_lib.truncate_metrics(workdir, resume_step)
     else:
-        state = init_state(_initial_params(config, parts, mesh, abstract, imported, compiler_options), parts, stage,
-                           config.model.frozen_dtype, tx, mesh)
+        params = _initial_params(config, parts, mesh, abstract, imported, compiler_options)
+        state = init_state(params, parts, stage, config.model.frozen_dtype, tx, mesh, compiler_options)
+        del params
         del imported
         checkpointer.write_tokenizer(config.data.tokenizer_dir, vlm_config.llm.vocab_size)
     start = int(jax.device_get(state.step))

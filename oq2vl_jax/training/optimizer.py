@@ -45,7 +45,7 @@ def lr_schedule(peak_lr: float, total_steps: int, warmup_ratio: float) -> Callab
 
 
 def decays(path: str, logical_axes: tuple) -> bool:
-    """Weight decay applies to matrices (>= 2 logical dims, the stacked 'layers' dim not counted) that are not biases."""
+    """Decay applies to matrices (>= 2 logical dims, the stacked 'layers' dim not counted) that are not biases."""
     dims = [a for a in logical_axes if a != "layers"]
     return len(dims) >= 2 and path.rsplit("/", 1)[-1] != "bias"
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
@@ -133,7 +134,8 @@ def abstract_state(parts: ModelParts, stage: str, frozen_dtype: str, tx: optax.G
 
 
 def init_state(params: Mapping, parts: ModelParts, stage: str, frozen_dtype: str,
-               tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+               tx: optax.GradientTransformation, mesh: Mesh,
+               compiler_options: Mapping[str, Any] | None = None) -> TrainState:
     """A fresh TrainState (step 0) from a full parameter tree (numpy or jax arrays, any dtype)."""
     from oq2vl_jax.models.params import check_tree_matches
 
@@ -141,10 +143,17 @@ def init_state(params: Mapping, parts: ModelParts, stage: str, frozen_dtype: str
     abstract, shardings = abstract_state(parts, stage, frozen_dtype, tx, mesh)
     dtype_of = stored_dtype(stage, frozen_dtype)
     full_shardings = merge_params(shardings.trainable, shardings.frozen)
-    cast = parts.map_params(lambda p, x: x.astype(dtype_of(p)), params)
-    placed = jax.tree.map(jax.device_put, cast, full_shardings)
+    dtypes = parts.map_params(lambda p, x: dtype_of(p), parts.abstract_params)
+    # host arrays are cast on the host; device arrays (random init) in one jitted cast, not one compile per shape
+    on_device = lambda x: isinstance(x, jax.Array)  # noqa: E731
+    placed = jax.tree.map(lambda x, d, s: x if on_device(x) else jax.device_put(np.asarray(x).astype(d), s),
+                          dict(params), dtypes, full_shardings)
+    if any(on_device(x) for x in jax.tree.leaves(params)):
+        cast = jax.jit(lambda tree: jax.tree.map(lambda x, d: x.astype(d), tree, dtypes),
+                       out_shardings=full_shardings, compiler_options=compiler_options)
+        placed = cast(placed)
     trainable, frozen = split_params(placed, stage)
-    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state, compiler_options=compiler_options)(trainable)
     zero = lambda: jax.device_put(jnp.zeros((), jnp.int32), shardings.step)  # noqa: E731 (3 distinct buffers)
     return TrainState(step=zero(), trainable=trainable, frozen=frozen, opt_state=opt_state,
                       nonfinite_in_row=zero(), nonfinite_total=zero())
