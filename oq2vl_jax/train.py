@@ -262,7 +262,8 @@ def main(argv) -> None:
               f"{_fmt(result.first_loss)}, final loss {_fmt(result.last_loss)}"
               + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""))
         print(f"checkpoint: {result.checkpoint_dir}/{result.last_step}")
-        if paths is not None and config.demo.score_attributes and result.stopped_by != "sigterm":
+        scorable = jax.process_count() == 1 and result.stopped_by != "sigterm"  # the demo runs on one host
+        if paths is not None and config.demo.score_attributes and scorable:
             scores = attribute_scores(result, paths, config.data.tokenizer_dir, row_length=config.demo.eval_row_length,
                                       image_size=config.data.image_size)
             for condition, values in scores.items():

@@ -6,11 +6,14 @@ Run as a script (`python tests/test_train_multiprocess.py WORKDIR`) it is one wo
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -26,7 +29,24 @@ def multiprocess_config(hybrid: bool):
     return config
 
 
-def worker(workdir: str) -> None:
+class SlowIterator:
+    """Synthetic batches at ~3 per second, so that a SIGTERM lands mid-run."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __next__(self):
+        time.sleep(0.3)
+        return next(self.inner)
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, state):
+        self.inner.set_state(state)
+
+
+def worker(workdir: str, mode: str) -> None:
     import jax
 
     from oq2vl_jax import parallel
@@ -39,8 +59,12 @@ def worker(workdir: str) -> None:
     mesh = parallel.build_mesh(config.mesh)
     rows = ROWS // 2
     assert parallel.process_rows(mesh, ROWS) == (jax.process_index() * rows, (jax.process_index() + 1) * rows)
-    result = loop.run(config, workdir, data_factory=synthetic_factory(), compiler_options=FAST_COMPILE)
-    assert result.last_step == 4
+    factory = synthetic_factory()
+    if mode == "sigterm":
+        config.train.update(num_steps=500, eval_every=0)
+        factory = lambda *args: SlowIterator(synthetic_factory()(*args))  # noqa: E731
+    result = loop.run(config, workdir, data_factory=factory, compiler_options=FAST_COMPILE)
+    print(f"RESULT {result.stopped_by} {result.last_step}", flush=True)
     jax.distributed.shutdown()
 
 
@@ -50,22 +74,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_workers(workdir: str, mode: str) -> list[subprocess.Popen]:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_NUM_PROCESSES": "2",
+           "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "PYTHONPATH": os.pathsep.join([REPO, HERE])}
+    return [subprocess.Popen([sys.executable, __file__, workdir, mode], env={**env, "JAX_PROCESS_ID": str(i)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
 def test_two_processes_match_one_process(tmp_path):
     from oq2vl_jax.training import loop, metrics
     from test_step import FAST_COMPILE, synthetic_factory
 
-    port, workdir = free_port(), str(tmp_path / "multi")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_NUM_PROCESSES": "2",
-           "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "PYTHONPATH": os.pathsep.join([REPO, HERE])}
-    procs = [subprocess.Popen([sys.executable, __file__, workdir], env={**env, "JAX_PROCESS_ID": str(i)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    workdir = str(tmp_path / "multi")
+    procs = start_workers(workdir, "train")
     # the single-process reference runs meanwhile (8 devices, same mesh shape)
     single = str(tmp_path / "single")
     loop.run(multiprocess_config(hybrid=False), single, data_factory=synthetic_factory(),
              compiler_options=FAST_COMPILE)
     for i, proc in enumerate(procs):
         out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"process {i}:\n{out[-4000:]}"
+        assert proc.returncode == 0 and "RESULT num_steps 4" in out, f"process {i}:\n{out[-4000:]}"
     got = [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]
     expected = [r["loss"] for r in metrics.read_metrics(single) if "loss" in r]
     assert len(got) == len(expected) == 4
@@ -75,5 +103,27 @@ def test_two_processes_match_one_process(tmp_path):
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
 
 
+@pytest.mark.slow  # ~1 minute: two more process start-ups
+def test_sigterm_stops_every_process_at_the_same_step_with_a_checkpoint(tmp_path):
+    from oq2vl_jax.training import metrics
+
+    workdir = str(tmp_path / "multi")
+    procs = start_workers(workdir, "sigterm")
+    deadline = time.time() + 300
+    while not any(r.get("step", 0) >= 3 for r in metrics.read_metrics(workdir)):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), procs[0].stdout.read()[-3000:]
+        time.sleep(0.1)
+    for proc in procs:  # as a scheduler does: every process gets the signal
+        proc.send_signal(signal.SIGTERM)
+    results = []
+    for i, proc in enumerate(procs):
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"process {i}:\n{out[-4000:]}"
+        results.append(next(line for line in out.splitlines() if line.startswith("RESULT")))
+    assert results[0] == results[1] and results[0].startswith("RESULT sigterm")
+    step = int(results[0].split()[-1])
+    assert 3 <= step < 500 and str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
 if __name__ == "__main__":
-    worker(sys.argv[1])
+    worker(sys.argv[1], sys.argv[2])
