@@ -145,7 +145,7 @@ def build_mesh(mesh_cfg: Mapping, devices: Sequence[jax.Device] | None = None) -
                                                      allow_split_physical_axes=True)
     else:
         array = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
-    mesh = Mesh(array, MESH_AXES)
+    mesh = Mesh(array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
     logging.info("mesh %s over %d devices (ici %s, dcn %s)", dict(mesh.shape), len(devices), ici, dcn)
     return mesh
 
