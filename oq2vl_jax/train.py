@@ -28,12 +28,19 @@ from oq2vl_jax import parallel
 from oq2vl_jax.errors import UserError
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "demo.py"),
-                                          "Training config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory: checkpoints, metrics, demo data.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build the abstract state and shardings only; print memory estimates.")
-_DRY_RUN_DEVICES = flags.DEFINE_integer("dry_run_devices", 0,
-                                        "Simulated device count for --dry_run (0 = hardware.num_devices).")
+
+
+def define_flags() -> dict:
+    """Flags exist only when the trainer is the program (importing this module defines none)."""
+    return {
+        "config": config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "demo.py"),
+                                                  "Training config file (configs/*.py)."),
+        "workdir": flags.DEFINE_string("workdir", "runs/demo", "Run directory: checkpoints, metrics, demo data."),
+        "dry_run": flags.DEFINE_bool("dry_run", False,
+                                     "Build the abstract state and shardings only; print memory estimates."),
+        "dry_run_devices": flags.DEFINE_integer("dry_run_devices", 0,
+                                                "Simulated device count for --dry_run (0 = hardware.num_devices)."),
+    }
 
 ATTRIBUTES = ("colour", "shape", "position")
 DEMO_PATHS_FILE = "paths.json"
@@ -244,13 +251,13 @@ class _QuietLibraries(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname
 
 
-def main(argv) -> None:
+def main(argv, flag_values: dict) -> None:
     del argv
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    config, workdir = flag_values["config"].value, os.path.abspath(flag_values["workdir"].value)
     try:
-        if _DRY_RUN.value:
-            print(dry_run(config, _DRY_RUN_DEVICES.value))
+        if flag_values["dry_run"].value:
+            print(dry_run(config, flag_values["dry_run_devices"].value))
             return
         parallel.initialize_distributed(config.distributed)
         paths = prepare_demo_data(config, workdir) if "demo" in config else None
@@ -281,4 +288,5 @@ def _fmt(x) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _flags = define_flags()
+    app.run(lambda argv: main(argv, _flags))
