@@ -83,10 +83,11 @@ def test_splash_under_shard_map_on_a_mesh():
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU; checked by the "
-                    "GPU benchmark script (benchmarks/gpu_check.py) against xla")
-def test_cudnn_matches_xla():
+                    "GPU job (benchmarks/gpu_run.sh, benchmarks/gpu_check.py) against xla")
+@pytest.mark.parametrize("backend", ["cudnn", "cudnn_packed"])
+def test_cudnn_matches_xla(backend):
     q, k, v, seg = (jnp.asarray(x, jnp.bfloat16) if x.dtype == np.float32 else x for x in _inputs(3))
-    got = np.asarray(attention(q, k, v, seg, causal=True, backend="cudnn"), np.float32)
+    got = np.asarray(attention(q, k, v, seg, causal=True, backend=backend), np.float32)
     want = np.asarray(attention(q, k, v, seg, causal=True, backend="xla"), np.float32)
     np.testing.assert_allclose(got[seg > 0], want[seg > 0], atol=2e-2)
 
@@ -96,15 +97,6 @@ def test_packed_lengths_and_offsets_describe_documents():
     lengths, offsets = packed_lengths_and_offsets(jnp.asarray(seg), 4)
     np.testing.assert_array_equal(lengths, [[3, 2, 1, -1], [8, -1, -1, -1]])
     np.testing.assert_array_equal(offsets, [[0, 3, 5, -1, -1], [0, -1, -1, -1, -1]])
-
-
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN packed attention needs an NVIDIA GPU; checked by "
-                    "benchmarks/gpu_check.py against xla")
-def test_cudnn_packed_matches_xla():
-    q, k, v, seg = (jnp.asarray(x, jnp.bfloat16) if x.dtype == np.float32 else x for x in _inputs(4))
-    got = np.asarray(attention(q, k, v, seg, causal=True, backend="cudnn_packed"), np.float32)
-    want = np.asarray(attention(q, k, v, seg, causal=True, backend="xla"), np.float32)
-    np.testing.assert_allclose(got[seg > 0], want[seg > 0], atol=2e-2)
 
 
 def test_auto_picks_by_platform():
