@@ -146,11 +146,7 @@ class DocumentBuilder:
                 stats["caption_empty"] = stats.get("caption_empty", 0) + 1
                 continue
             images = [v for k, v in parts if k == "image"]
-            try:
-                for data in images:
-                    probe_image(data, self.max_image_pixels)
-            except BadImage as e:
-                stats[e.reason] = stats.get(e.reason, 0) + 1
+            if not self._images_readable(images, stats):
                 continue
             if [k for k, _ in parts] == ["image", "text"]:
                 layout = caption_document(self.encoder, parts[1][1], self.tokens_per_image)
@@ -160,6 +156,16 @@ class DocumentBuilder:
             if packed is not None:
                 out.append(packed)
         return out
+
+    def _images_readable(self, images, stats: dict) -> bool:
+        """Header check of every image of a document; a bad one skips the document, counted by reason."""
+        try:
+            for data in images:
+                probe_image(data, self.max_image_pixels)
+        except BadImage as e:
+            stats[e.reason] = stats.get(e.reason, 0) + 1
+            return False
+        return True
 
     def __call__(self, record: dict) -> dict:
         stats = dict(record.get("skips", {}))
@@ -176,11 +182,7 @@ class DocumentBuilder:
             stats["record_unreadable"] = stats.get("record_unreadable", 0) + 1
             formatted = []
         for j, (layout, images) in enumerate(formatted):
-            try:
-                for data in images:
-                    probe_image(data, self.max_image_pixels)
-            except BadImage as e:
-                stats[e.reason] = stats.get(e.reason, 0) + 1
+            if not self._images_readable(images, stats):
                 continue
             packed = self._finish(layout, list(images), (record["source"], record["index"], j), stats)
             if packed is not None:
