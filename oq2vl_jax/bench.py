@@ -26,9 +26,9 @@ from oq2vl_jax.bench_shapes import pretraining_rows
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.training import flops
-from oq2vl_jax.training.loop import model_options, preset_model_config
-from oq2vl_jax.training.optimizer import lr_schedule, make_optimizer
-from oq2vl_jax.training.state import ModelParts, abstract_state, check_stage, init_state
+from oq2vl_jax.training.loop import model_options, optimizer_and_state, preset_model_config
+from oq2vl_jax.training.optimizer import lr_schedule
+from oq2vl_jax.training.state import ModelParts, check_stage, init_state
 from oq2vl_jax.training.step import flop_counts, make_train_step
 
 def define_flags() -> dict:
@@ -81,9 +81,8 @@ def run_step_bench(cfg, *, rows: int, steps: int, warmup: int, tiny: bool, matmu
     if rows % parallel.batch_shards(mesh):
         raise UserError(f"--rows={rows} must be a multiple of the {parallel.batch_shards(mesh)} devices")
     parts = ModelParts(config, options)
-    tx = make_optimizer(cfg.optim, int(cfg.train.num_steps), parts.decay_mask(parts.abstract_params))
+    tx, _, shardings = optimizer_and_state(cfg, parts, mesh)
     state = init_state(parts.random_params(0, mesh), parts, stage, cfg.model.frozen_dtype, tx, mesh)
-    _, shardings = abstract_state(parts, stage, cfg.model.frozen_dtype, tx, mesh)
     step = make_train_step(parts, tx, mesh, micro_batches=1, state_shardings=shardings,
                            lr_fn=lr_schedule(float(cfg.optim.lr), int(cfg.train.num_steps),
                                              float(cfg.optim.warmup_ratio)))

@@ -191,8 +191,7 @@ def _bytes_per_device(tree) -> float:
 def dry_run(config, num_devices: int) -> str:
     """Abstract state + shardings on an AbstractMesh of num_devices; per-device memory estimates as text."""
     from oq2vl_jax.training import loop
-    from oq2vl_jax.training.optimizer import make_optimizer
-    from oq2vl_jax.training.state import ModelParts, abstract_state, split_params
+    from oq2vl_jax.training.state import ModelParts, split_params
 
     num_devices = num_devices or int(config.hardware.num_devices)
     slices = int(config.hardware.get("num_slices", 1))
@@ -204,8 +203,7 @@ def dry_run(config, num_devices: int) -> str:
     parts = ModelParts(vlm, loop.model_options(config.model))
     stage = config.train.stage
     trainable, frozen = split_params(parts.abstract_params, stage)
-    tx = make_optimizer(config.optim, int(config.train.num_steps), parts.decay_mask(trainable))
-    abstract, _ = abstract_state(parts, stage, config.model.frozen_dtype, tx, mesh)
+    _, abstract, _ = loop.optimizer_and_state(config, parts, mesh)
     gib = 1024.0 ** 3
     count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))  # noqa: E731
     t, m, llm = config.train, config.model, vlm.llm

@@ -21,7 +21,9 @@ def test_pretraining_rows_look_like_the_papers_packed_data():
 
 
 def test_tiny_step_benchmark_runs_and_counts_flops():
-    result = bench.run_step_bench(demo.get_config(), rows=2, steps=1, warmup=1, tiny=True, matmul_size=0,
+    cfg = demo.get_config()
+    cfg.train.stage = "pretrain"  # the GPU configs' stage: frozen vision tower, decay mask over trained towers only
+    result = bench.run_step_bench(cfg, rows=2, steps=1, warmup=1, tiny=True, matmul_size=0,
                                     devices=jax.devices()[:1])
     assert result["step_ms"] > 0 and np.isfinite(result["loss"])
     assert result["tokens_per_s"] == result["real_tokens"] / (result["step_ms"] / 1e3)

@@ -40,13 +40,19 @@ def saved(tmp_path_factory):
     return directory, params, opt_state, float(metrics["loss"])
 
 
-def test_restore_on_four_devices_and_continue(saved):
-    directory, params, opt_state, next_loss = saved
-    mesh = parallel.build_mesh(dict(data=2, fsdp=2, tensor=1), jax.devices()[:4])
+def _restore_target(mesh):
+    """(model parts, optimizer, abstract state, shardings) of the saved run's "pretrain" stage on `mesh`."""
     parts = state_lib.ModelParts(TINY, tiny_options())
     trainable, _ = state_lib.split_params(parts.abstract_params, "pretrain")
     tx = optim_lib.make_optimizer(OPTIM, 10, parts.decay_mask(trainable))
     abstract, shardings = state_lib.abstract_state(parts, "pretrain", "bfloat16", tx, mesh)
+    return parts, tx, abstract, shardings
+
+
+def test_restore_on_four_devices_and_continue(saved):
+    directory, params, opt_state, next_loss = saved
+    mesh = parallel.build_mesh(dict(data=2, fsdp=2, tensor=1), jax.devices()[:4])
+    parts, tx, abstract, shardings = _restore_target(mesh)
     ckpt = Checkpointer(directory)
     state, data_state, info = ckpt.restore(abstract, "pretrain")
     ckpt.close()
@@ -76,10 +82,7 @@ def test_layout_is_readable_by_checkpoint_io(saved, tmp_path):
 def test_data_state_needs_the_same_process_count(saved, tmp_path):
     directory, _, _, _ = saved
     mesh = parallel.build_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    parts = state_lib.ModelParts(TINY, tiny_options())
-    trainable, _ = state_lib.split_params(parts.abstract_params, "pretrain")
-    tx = optim_lib.make_optimizer(OPTIM, 10, parts.decay_mask(trainable))
-    abstract, _ = state_lib.abstract_state(parts, "pretrain", "bfloat16", tx, mesh)
+    _, _, abstract, _ = _restore_target(mesh)
     ckpt = Checkpointer(directory)
     state, _, _ = ckpt.restore(abstract, "pretrain", restore_data=False)
     # a checkpoint claiming 2 writer processes cannot hand this single process a data state

@@ -12,7 +12,6 @@ Scanned checkpoints hold `Transformer/encoderblock/...` with a leading layer axi
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -101,10 +100,7 @@ def config_from_weights(source: tensor_files.TensorSource, prefix: str) -> Sigli
     if kernel.ndim != 4 or kernel.shape[2] != 3 or kernel.shape[0] != kernel.shape[1]:
         raise UserError(f"tensor '{prefix + ANCHOR}' has shape {kernel.shape}, expected [p, p, 3, D]")
     p, width = kernel.shape[0], kernel.shape[3]
-    pos = source.get(prefix + "pos_embedding")
-    grid = math.isqrt(pos.shape[-2]) if pos.ndim >= 2 else 0
-    if pos.ndim != 3 or grid * grid != pos.shape[1] or pos.shape[2] != width:
-        raise UserError(f"tensor '{prefix}pos_embedding' has shape {pos.shape}, expected [1, g*g, {width}]")
+    grid = hf.pos_embed_grid(source.get(prefix + "pos_embedding"), width, prefix + "pos_embedding")
     blocks = _Blocks(source, prefix, None)
     depth = blocks.depth()
     if depth == 0:

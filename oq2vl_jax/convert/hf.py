@@ -10,6 +10,7 @@ Readers take `get(name) -> np.ndarray` so tensors are read lazily, one at a time
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
@@ -164,6 +165,14 @@ def siglip_expected_shapes(cfg: SiglipConfig) -> dict[str, tuple[int, ...]]:
     shapes.update({"q/kernel": (d, d), "k/kernel": (d, d), "v/kernel": (d, d), "out/kernel": (d, d),
                    "fc1/kernel": (d, f), "fc1/bias": (f,), "fc2/kernel": (f, d)})
     return shapes
+
+
+def pos_embed_grid(pos: np.ndarray, width: int, name: str) -> int:
+    """The patch grid side of a [1, g*g, width] position embedding (timm / big_vision layout); UserError otherwise."""
+    grid = math.isqrt(pos.shape[-2]) if pos.ndim >= 2 else 0
+    if pos.ndim != 3 or grid * grid != pos.shape[1] or pos.shape[2] != width:
+        raise UserError(f"tensor '{name}' has shape {pos.shape}, expected [1, g*g, {width}]")
+    return grid
 
 
 def conv_weight_to_hwio(weight: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ timm's SigLIP uses exact (erf) GELU and LayerNorm eps 1e-6; sizes come from tens
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Iterator
 
@@ -75,10 +74,7 @@ def config_from_weights(source: tensor_files.TensorSource, prefix: str, path: st
     if patch.ndim != 4 or patch.shape[1] != 3 or patch.shape[2] != patch.shape[3]:
         raise UserError(f"tensor '{prefix + ANCHOR}' has shape {patch.shape}, expected [D, 3, p, p]")
     width, p = patch.shape[0], patch.shape[2]
-    pos = source.get(prefix + "pos_embed")
-    grid = math.isqrt(pos.shape[-2]) if pos.ndim >= 2 else 0
-    if pos.ndim != 3 or grid * grid != pos.shape[1] or pos.shape[2] != width:
-        raise UserError(f"tensor '{prefix}pos_embed' has shape {pos.shape}, expected [1, g*g, {width}]")
+    grid = hf.pos_embed_grid(source.get(prefix + "pos_embed"), width, prefix + "pos_embed")
     depth = 0
     while f"{prefix}blocks.{depth}.norm1.weight" in source:
         depth += 1

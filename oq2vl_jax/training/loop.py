@@ -88,6 +88,16 @@ def preset_model_config(config, vocab_size: int = 0) -> VLMConfig:
     return VLMConfig(vision=vision, llm=llm, tokens_per_image=int(m.tokens_per_image))
 
 
+def optimizer_and_state(config, parts: ModelParts, mesh) -> tuple:
+    """(optimizer, abstract TrainState, its shardings) for config.train.stage: the one definition used by training,
+    --dry_run and the step benchmark (weight decay masked over the trained towers only)."""
+    stage = config.train.stage
+    trainable, _ = split_params(parts.abstract_params, stage)
+    tx = make_optimizer(config.optim, int(config.train.num_steps), parts.decay_mask(trainable))
+    abstract, shardings = abstract_state(parts, stage, config.model.frozen_dtype, tx, mesh)
+    return tx, abstract, shardings
+
+
 def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool = True) -> None:
     """Checks that can fail before anything heavy happens; each message names the field to set."""
     check_stage(config.train.stage)
@@ -291,9 +301,7 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     vlm_config, imported = _model_config(config, checkpointer)
     parts = ModelParts(vlm_config, model_options(config.model))
     total = int(t.num_steps)
-    trainable_abstract, _ = split_params(parts.abstract_params, stage)
-    tx = make_optimizer(config.optim, total, parts.decay_mask(trainable_abstract))
-    abstract, shardings = abstract_state(parts, stage, config.model.frozen_dtype, tx, mesh)
+    tx, abstract, shardings = optimizer_and_state(config, parts, mesh)
 
     data_state = None  # {"iterator": this process's iterator state, "stats": its data totals so far}
     if resume_step is not None:
