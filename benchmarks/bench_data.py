@@ -5,7 +5,8 @@
 1. Throughput: synthetic ~512 px JPEGs with web-like captions (5-60 words, long tail) written as WebDataset shards,
    run through the real pipeline in-process (build_iterator, worker_count=0): read + tokenize + header check + FFD
    pack + decode + RGB + bicubic resize to 384 + batch assembly. Reported as samples per CPU-second (process CPU
-   time, so it is "per core" whatever the thread count), next to per-stage timings.
+   time, so it is "per core" whatever the thread count), next to per-stage timings and to decode + resize done by
+   PIL alone (the resize is data/resample.py, bit-exact with PIL; the kernels are warmed up before timing).
 2. Fill: real tokens / row capacity of our buffered packers ("ffd" = plain FFD, "ffd_fill" = FFD + exact tail fill,
    the default) vs Grain's FirstFitPackIterDataset (and BestFit) on the same document lengths (L=4096, T_img=144,
    one image per document, at most 27 images per row).
@@ -75,10 +76,18 @@ def cpu_rate(fn, n: int) -> tuple[float, float]:
     return n / (time.process_time() - cpu), n / (time.perf_counter() - wall)
 
 
+def pil_load_image(data: bytes) -> np.ndarray:
+    """The reference's preprocessing done by PIL alone (its one-shot resize), for the speed comparison."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))
+
+
 def bench_throughput(root: str, tokenizer_dir: str, jpegs: list[bytes], rows_per_batch: int) -> dict:
     out = {}
+    images.load_image(jpegs[0], IMAGE_SIZE)  # warm-up: loads (or first compiles) the numba resize kernels
     decode_cpu, _ = cpu_rate(lambda: [images.load_image(j, IMAGE_SIZE) for j in jpegs], len(jpegs))
     out["decode_resize_per_cpu_s"] = round(decode_cpu, 1)
+    pil_cpu, _ = cpu_rate(lambda: [pil_load_image(j) for j in jpegs], len(jpegs))
+    out["decode_resize_pil_only_per_cpu_s"] = round(pil_cpu, 1)
     enc = TextEncoder.from_tokenizer(load_tokenizer(tokenizer_dir))
     caps = [make_caption(int(c), np.random.default_rng(1)) for c in caption_word_counts(2000, np.random.default_rng(0))]
     tok_cpu, _ = cpu_rate(lambda: [caption_document(enc, c, T_IMG) for c in caps], len(caps))

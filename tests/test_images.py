@@ -12,8 +12,11 @@ from oq2vl_jax.errors import UserError
 
 
 def reference_preprocess(data: bytes, size: int) -> np.ndarray:
-    """What the reference does before ToTensor/Normalize (REFERENCE.md §1.3)."""
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BICUBIC))
+    """What the reference does before ToTensor/Normalize (REFERENCE.md §1.3): convert("RGB").resize(BICUBIC) on the
+    Pillow of its time, which resized horizontally, then vertically. Pillow >= 12.2 may run the vertical pass first,
+    so the oracle spells the two passes out (see test_resample)."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    return np.asarray(img.resize((size, img.height), Image.BICUBIC).resize((size, size), Image.BICUBIC))
 
 
 @pytest.mark.parametrize("fmt,size,target", [("JPEG", (512, 384), 384), ("JPEG", (300, 700), 384),
@@ -34,6 +37,10 @@ def test_pad_mode_keeps_aspect_and_centres():
     np.testing.assert_array_equal(out[:8], np.full((8, 32, 3), images.PAD_FILL, np.uint8))
     np.testing.assert_array_equal(out[24:], np.full((8, 32, 3), images.PAD_FILL, np.uint8))
     assert (out[10:22, 2:30] == (250, 0, 0)).all()
+    noisy = noise_image_bytes((90, 50), seed=5, fmt="PNG")  # 90x50 -> 32x18 at rows 7..24, PIL's bytes
+    img = Image.open(io.BytesIO(noisy)).convert("RGB")
+    expected = np.asarray(img.resize((32, 50), Image.BICUBIC).resize((32, 18), Image.BICUBIC))
+    np.testing.assert_array_equal(load_image(noisy, 32, "pad")[0][7:25], expected)
     with pytest.raises(UserError, match="resize_mode"):
         load_image(data, 32, "crop")
 

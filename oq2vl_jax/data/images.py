@@ -2,7 +2,8 @@
 
 Default ("squash"): `Image.open(bytes).convert("RGB").resize((S, S), Image.BICUBIC)`, the reference's resize-naive
 transform before ToTensor/Normalize (normalisation happens on device). "pad" keeps the aspect ratio: bicubic resize of
-the longer side to S, centred on a mid-grey square (the LLaVA `expand2square` fill).
+the longer side to S, centred on a mid-grey square (the LLaVA `expand2square` fill). PIL decodes; the resize is
+`resample.bicubic_resize`, PIL's bicubic bit for bit with the reference Pillow's pass order, about 3x faster.
 
 Bad images raise `BadImage(reason)` with a reason from `stats.SKIP_REASONS`; the caller counts and skips them.
 """
@@ -14,6 +15,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from oq2vl_jax.data.resample import bicubic_resize
 from oq2vl_jax.errors import UserError
 
 # Sane ceiling for decoded pixels (~8k x 8k; 192 MiB as RGB); PIL's own default warns at 89M and fails at 179M.
@@ -69,16 +71,18 @@ def to_rgb(img: Image.Image) -> tuple[Image.Image, bool]:
     return img.convert("RGB"), True
 
 
-def resize(img: Image.Image, image_size: int, resize_mode: str = "squash") -> Image.Image:
+def resize(pixels: np.ndarray, image_size: int, resize_mode: str = "squash") -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [image_size, image_size, 3]."""
     if resize_mode == "squash":
-        return img.resize((image_size, image_size), Image.BICUBIC)
+        return bicubic_resize(pixels, image_size, image_size)
     if resize_mode == "pad":
-        width, height = img.size
+        height, width, _ = pixels.shape
         scale = image_size / max(width, height)
-        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        canvas = Image.new("RGB", (image_size, image_size), PAD_FILL)
-        canvas.paste(img.resize(new_size, Image.BICUBIC),
-                     ((image_size - new_size[0]) // 2, (image_size - new_size[1]) // 2))
+        new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
+        canvas = np.empty((image_size, image_size, 3), np.uint8)
+        canvas[:] = PAD_FILL
+        left, top = (image_size - new_width) // 2, (image_size - new_height) // 2
+        canvas[top:top + new_height, left:left + new_width] = bicubic_resize(pixels, new_width, new_height)
         return canvas
     raise UserError(f"data.resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
 
@@ -98,7 +102,7 @@ def load_image(data: bytes, image_size: int, resize_mode: str = "squash",
             img.draft("RGB", (image_size, image_size))
         img.load()
         img, repaired = to_rgb(img)
-        out = np.asarray(resize(img, image_size, resize_mode), dtype=np.uint8)
+        out = resize(np.asarray(img), image_size, resize_mode)
     except (Image.DecompressionBombError, MemoryError) as e:
         raise BadImage("image_too_large", str(e)) from e
     except UserError:
