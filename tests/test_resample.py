@@ -53,7 +53,7 @@ def test_equals_pillow_one_shot_where_pillow_resizes_horizontally_first(in_h, in
                                   np.asarray(Image.fromarray(pixels).resize((384, 384), Image.BICUBIC)))
 
 
-def test_smooth_photo_like_content_and_clipping():
+def test_hard_edges_clip_like_pillow():
     # saturated edges drive the negative lobes past 0 and 255: the clamp must match too
     y, x = np.mgrid[0:300, 0:450]
     pixels = np.stack([(x // 7 % 2) * 255, (y // 5 % 2) * 255, (x + y) % 256], -1).astype(np.uint8)
@@ -78,7 +78,8 @@ def test_input_is_not_modified_and_same_size_copies():
     np.testing.assert_array_equal(same, before)
     same[0, 0] = ~same[0, 0]
     np.testing.assert_array_equal(pixels, before)
-    bicubic_resize(pixels[:, ::2], 8, 8)  # non-contiguous views work
+    view = pixels[:, ::2]  # non-contiguous
+    np.testing.assert_array_equal(bicubic_resize(view, 8, 8), pil_horizontal_then_vertical(view.copy(), 8, 8))
     np.testing.assert_array_equal(pixels, before)
 
 
@@ -87,5 +88,8 @@ def test_input_is_not_modified_and_same_size_copies():
 def test_rejects_other_layouts(bad):
     with pytest.raises(ValueError, match="uint8 \\[H, W, 3\\]"):
         bicubic_resize(bad, 2, 2)
+
+
+def test_rejects_empty_output():
     with pytest.raises(ValueError, match="positive"):
         bicubic_resize(noise(4, 4, 0), 0, 2)

@@ -8,9 +8,9 @@ photos that resize is most of the data pipeline's CPU time. This module computes
 - the same int32 sums, `+ 2**21`, arithmetic shift by 22 and clamp to 0..255 (`clip8`);
 - the same two passes in the same order: horizontal, then vertical, each rounding to uint8.
 
-Pass order: every Pillow up to 12.x runs the horizontal pass first, and so did the reference. Pillow 13 runs the
-vertical pass first when the height shrinks more than twice as much as the width, which moves some pixels by one
-level. We always run horizontal first, so the pixels are the reference's whatever Pillow is installed (tests check
+Pass order: every Pillow before 12.2 runs the horizontal pass first, and so did the reference. Pillow 12.2 runs the
+vertical pass first for images more than 100x taller than wide, and Pillow 13 whenever the height shrinks more than
+twice as much as the width, which moves some pixels by one level. We always run horizontal first, so the pixels are the reference's whatever Pillow is installed (tests check
 against Pillow's single-axis resizes, which are order-free, and against its one-shot resize where the orders agree).
 
 Speed: Pillow loops over output pixels and taps with scalar code. Here both passes are row sums (each output row is a
