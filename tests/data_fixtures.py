@@ -124,3 +124,11 @@ def toy_conversation_formatter(encoder, record, tokens_per_image):
     target = np.zeros(len(ids), bool)
     target[len(prompt):] = True
     return [(DocumentLayout(ids, image_mask, starts, target), [record["image"]] if record["image"] else [])]
+
+
+def pil_horizontal_then_vertical(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pillow's bicubic resize with the pass order of every Pillow before 12.2 (the reference's).
+
+    A resize along one axis runs one pass whatever the Pillow version, so two of them fix the order."""
+    img = Image.fromarray(pixels)
+    return np.asarray(img.resize((width, img.height), Image.BICUBIC).resize((width, height), Image.BICUBIC))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import i16_png_bytes, image_bytes, noise_image_bytes, png_claiming_size, truncated_jpeg_bytes
+from data_fixtures import (i16_png_bytes, image_bytes, noise_image_bytes, pil_horizontal_then_vertical,
+                           png_claiming_size, truncated_jpeg_bytes)
 from oq2vl_jax.data import images
 from oq2vl_jax.data.images import BadImage, load_image, probe_image
 from oq2vl_jax.errors import UserError
@@ -15,8 +16,7 @@ def reference_preprocess(data: bytes, size: int) -> np.ndarray:
     """What the reference does before ToTensor/Normalize (REFERENCE.md §1.3): convert("RGB").resize(BICUBIC) on the
     Pillow of its time, which resized horizontally, then vertically. Pillow >= 12.2 may run the vertical pass first,
     so the oracle spells the two passes out (see test_resample)."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    return np.asarray(img.resize((size, img.height), Image.BICUBIC).resize((size, size), Image.BICUBIC))
+    return pil_horizontal_then_vertical(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), size, size)
 
 
 @pytest.mark.parametrize("fmt,size,target", [("JPEG", (512, 384), 384), ("JPEG", (300, 700), 384),
@@ -38,8 +38,7 @@ def test_pad_mode_keeps_aspect_and_centres():
     np.testing.assert_array_equal(out[24:], np.full((8, 32, 3), images.PAD_FILL, np.uint8))
     assert (out[10:22, 2:30] == (250, 0, 0)).all()
     noisy = noise_image_bytes((90, 50), seed=5, fmt="PNG")  # 90x50 -> 32x18 at rows 7..24, PIL's bytes
-    img = Image.open(io.BytesIO(noisy)).convert("RGB")
-    expected = np.asarray(img.resize((32, 50), Image.BICUBIC).resize((32, 18), Image.BICUBIC))
+    expected = pil_horizontal_then_vertical(np.asarray(Image.open(io.BytesIO(noisy)).convert("RGB")), 32, 18)
     np.testing.assert_array_equal(load_image(noisy, 32, "pad")[0][7:25], expected)
     with pytest.raises(UserError, match="resize_mode"):
         load_image(data, 32, "crop")

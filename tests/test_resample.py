@@ -2,15 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_fixtures import pil_horizontal_then_vertical
 from oq2vl_jax.data.resample import bicubic_resize, filter_coefficients
-
-
-def pil_horizontal_then_vertical(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pillow's bicubic resize with the pass order of every Pillow before 12.2 (the reference's).
-
-    A resize along one axis runs one pass whatever the Pillow version, so two of them fix the order."""
-    img = Image.fromarray(pixels)
-    return np.asarray(img.resize((width, img.height), Image.BICUBIC).resize((width, height), Image.BICUBIC))
 
 
 def noise(height: int, width: int, seed: int) -> np.ndarray:
