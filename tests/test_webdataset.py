@@ -121,3 +121,16 @@ def test_missing_or_empty_path_is_a_user_error(tmp_path):
         WebDatasetSource(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="no .tar shards"):
         WebDatasetSource(str(tmp_path))
+
+
+def test_a_repeated_sample_key_is_counted_not_vanished(tmp_path):
+    first, second, other = numbered_samples(3)
+    second = dict(second, __key__=first["__key__"])
+    write_tar_shard(str(tmp_path / "a.tar"), [first, other, second])          # key met again after another
+    write_tar_shard(str(tmp_path / "b.tar"), [dict(first, __key__="k"), dict(second, __key__="k")])  # back to back
+    src = WebDatasetSource(str(tmp_path))
+    assert src.problems == {"duplicate_key": 2} and len(src) == 5
+    records = [src[i] for i in range(len(src))]
+    assert sum(r["skips"].get("duplicate_key", 0) for r in records) == 2
+    texts = sorted(r["documents"][0]["parts"][1][1] for r in records if r["documents"])
+    assert texts == sorted([first["txt"], other["txt"], first["txt"]])  # each key's first sample kept

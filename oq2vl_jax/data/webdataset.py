@@ -79,6 +79,7 @@ def scan_shard(path: str) -> np.ndarray:
         logging.warning("webdataset: cannot open shard %s: %s", path, e)
         return np.array([_entry("shard_unreadable")], INDEX_DTYPE)
     samples: dict[str, dict[str, tuple[int, int]]] = {}
+    current, skipping, duplicates = None, False, 0  # a key met again later (or a member twice) is a second sample
     truncated = False
     with f:
         try:
@@ -100,8 +101,16 @@ def scan_shard(path: str) -> np.ndarray:
                 truncated = True
                 break
             parsed = split_member_name(member.name)
-            if parsed is not None:
-                samples.setdefault(parsed[0], {}).setdefault(parsed[1], (member.offset_data, member.size))
+            if parsed is None:
+                continue
+            key, ext = parsed
+            if key != current:
+                current, skipping = key, key in samples
+                duplicates += skipping
+            elif not skipping and ext in samples[key]:
+                skipping, duplicates = True, duplicates + 1
+            if not skipping:
+                samples.setdefault(key, {})[ext] = (member.offset_data, member.size)
         if not truncated:
             # tarfile ends silently at a cut inside a header: a complete archive ends with a zero block.
             f.seek(tar.offset)
@@ -116,6 +125,10 @@ def scan_shard(path: str) -> np.ndarray:
             entries.append(_entry("caption_missing"))
         else:
             entries.append(_entry(None, members[ext], IMAGE_EXTS.index(ext), members[CAPTION_EXT]))
+    if duplicates:
+        logging.warning("webdataset: shard %s repeats %d sample keys; the repeats are skipped (duplicate_key)", path,
+                        duplicates)
+        entries += [_entry("duplicate_key")] * duplicates
     if truncated:
         logging.warning("webdataset: shard %s is truncated; %d complete samples kept", path, len(entries))
         entries.append(_entry("shard_truncated"))
