@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from oq2vl_jax import parallel
-from oq2vl_jax.data import demo_setup
+from oq2vl_jax.data import demo_setup, demo_sft
 from oq2vl_jax.errors import UserError
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,6 +229,7 @@ def main(argv, flag_values: dict) -> None:
             return
         parallel.initialize_distributed(config.distributed)
         paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
+        sft_paths = demo_sft.prepare_sft_demo(config, workdir)  # None unless configs/demo_sft.py's data is used
         from oq2vl_jax.training import loop
         result = loop.run(config, workdir)
         if jax.process_index() != 0:
@@ -246,6 +247,9 @@ def main(argv, flag_values: dict) -> None:
                       + ", ".join(f"{a} {100 * values[a]:.1f}%" for a in ATTRIBUTES))
             with open(os.path.join(workdir, "attribute_scores.json"), "w") as f:
                 json.dump(scores, f, indent=2)
+        if sft_paths is not None and config.demo_sft.score_answers and scorable:
+            from oq2vl_jax.training.answer_accuracy import report_sft_demo
+            report_sft_demo(result, config, sft_paths, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -248,6 +248,28 @@ def _initial_params(config, parts: ModelParts, mesh, abstract: TrainState, impor
     return params
 
 
+def checkpoint_model_config(config, stored: VLMConfig) -> VLMConfig:
+    """init.source=checkpoint: the stored architecture with model.tokens_per_image applied. The average pool has no
+    parameters, so the same projector and LLM serve 144 tokens per image (pre-training) and 729 (SFT), both ways
+    (the original loads its pre-training projector into the 729-token SFT model unchanged: prismatic-vlms/prismatic/
+    models/vlms/prismatic.py; docs/sft.md). data.image_size must be the tower's."""
+    if int(config.data.image_size) != stored.vision.image_size:
+        raise UserError(f"data.image_size={config.data.image_size} but the checkpoint {config.init.init_from} has a "
+                        f"{stored.vision.image_size}-pixel vision tower; set --config.data.image_size="
+                        f"{stored.vision.image_size}")
+    want = int(config.model.tokens_per_image)
+    if want == stored.tokens_per_image:
+        return stored
+    switched = stored.replace(tokens_per_image=want)
+    try:
+        switched.validate()
+    except UserError as e:
+        raise UserError(f"model.{e}") from None
+    logging.info("init from %s: %d -> %d tokens per image (the pool has no parameters; weights unchanged)",
+                 config.init.init_from, stored.tokens_per_image, want)
+    return switched
+
+
 def _model_config(config, checkpointer: Checkpointer) -> tuple[VLMConfig, dict | None]:
     """(architecture, imported numpy params for init.source=pretrained when not resuming)."""
     if checkpointer.latest_step() is not None:
@@ -258,7 +280,7 @@ def _model_config(config, checkpointer: Checkpointer) -> tuple[VLMConfig, dict |
         return random_model_config(config), None
     if source == "checkpoint":
         _, meta = checkpoint_io.load_meta(config.init.init_from)
-        return VLMConfig.from_dict(meta["model_config"]), None
+        return checkpoint_model_config(config, VLMConfig.from_dict(meta["model_config"])), None
     from oq2vl_jax.convert.importer import import_pretrained
     return import_pretrained(config.init.llm_dir, config.init.vision_src,
                              tokens_per_image=int(config.model.tokens_per_image),
