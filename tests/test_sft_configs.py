@@ -20,7 +20,7 @@ def load(name: str):
     return runpy.run_path(os.path.join(REPO, "configs", f"{name}.py"))["get_config"]()
 
 
-@pytest.mark.parametrize("name, steps, epochs", [("sft_llava665k", 5200, 1), ("sft_mammoth", 150000, -1)])
+@pytest.mark.parametrize("name, steps, epochs", [("sft_llava665k", 4500, 1), ("sft_mammoth", 150000, -1)])
 def test_sft_configs_are_the_papers_recipe(name, steps, epochs):
     c = load(name)
     assert (c.init.source, c.model.tokens_per_image, c.train.stage) == ("checkpoint", 729, "pretrain")
