@@ -128,15 +128,16 @@ def run_task(task: Task, items: Sequence[Item], model: EvalModel, out_dir: str, 
     part_paths = [os.path.join(task_dir, f"predictions.part{r}.jsonl") for r in range(process_count)]
     if barrier is None:
         barrier = lambda name: None  # noqa: E731 (one process)
+    my_part = part_paths[process_index] if process_count > 1 else main_path
     if process_index == 0:
         read_records(main_path, repair=True)
-    barrier(f"{task.name}-repaired")
-    known = {it.id for it in items}
-    done = {r["id"] for r in read_records(main_path)} | {
-        r["id"] for p in part_paths if p != part_paths[process_index] for r in read_records(p)}
-    my_part = part_paths[process_index] if process_count > 1 else main_path
     if process_count > 1:
-        done |= {r["id"] for r in read_records(my_part, repair=True)}
+        read_records(my_part, repair=True)
+    barrier(f"{task.name}-repaired")
+    # every process reads the same finished set before any of them appends again, so all shard alike
+    known = {it.id for it in items}
+    done = {r["id"] for p in [main_path] + (part_paths if process_count > 1 else []) for r in read_records(p)}
+    barrier(f"{task.name}-planned")
     pending = [it for it in items if it.id not in done]
     mine = pending[process_index::process_count]
     n_batches = math.ceil(math.ceil(len(pending) / process_count) / batch) if pending else 0
