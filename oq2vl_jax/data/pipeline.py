@@ -28,6 +28,7 @@ import numpy as np
 
 from oq2vl_jax.data import images as images_lib
 from oq2vl_jax.data.batching import LABEL_MODES, BatchAssembler
+from oq2vl_jax.data.config import default_data_config  # noqa: F401  (re-exported)
 from oq2vl_jax.data.images import BadImage, probe_image
 from oq2vl_jax.data.packing import PACKING_ALGORITHMS, FFDPackIterDataset, PackedDocument
 from oq2vl_jax.data.sources import CONVERSATION_KINDS, open_source
@@ -38,33 +39,6 @@ from oq2vl_jax.errors import UserError
 
 OVERLONG_POLICIES = ("truncate", "drop")
 SPLITS = ("train", "eval")
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        # each: {kind: webdataset|packed_json|tfds|llava|mammoth, path, weight, + kind extras: index_dir (webdataset),
-        # tfds_name / split / data_dir / image_key / text_key (tfds), image_root (llava, mammoth)}
-        "sources": [],
-        "eval_sources": [],
-        "tokenizer_dir": "",
-        "image_size": 384,
-        "resize_mode": "squash",        # "squash" (the reference) | "pad" (keep aspect ratio, grey borders)
-        "row_length": 4096,
-        "max_images_per_row": 0,        # 0 = as many as can fit: row_length // (tokens_per_image + 3)
-        "packing": "ffd_fill",          # "ffd_fill" (FFD + exact tail fill, >= 99% fill) | "ffd" (plain, as the reference)
-        "pack_buffer": 2048,            # documents per packing round (memory: encoded bytes of that many images)
-        "overlong": "truncate",         # documents longer than row_length: "truncate" (text only) | "drop"
-        "label_mode": "default",        # "default" | "reference_compat"
-        "num_epochs": -1,               # -1 = forever
-        "worker_count": 0,              # 0 = in-process; > 0 = grain mp_prefetch worker processes
-        "worker_buffer_size": 2,        # batches buffered per worker
-        "read_threads": 4,              # threads reading + tokenizing records before packing
-        "shuffle": True,
-        "shuffle_rows": True,           # emit each FFD round's rows in a seeded random order
-        "max_image_pixels": images_lib.MAX_IMAGE_PIXELS,
-        "jpeg_draft": False,            # opt-in faster JPEG decode of large images; NOT bit-exact with the reference
-        "conversation_formatter": "",   # "module:function" turning llava/mammoth records into documents (SFT)
-    })
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:

@@ -13,7 +13,7 @@ Conversation sources ("llava", "mammoth") return raw SFT records
 (SFT chat formatting is not done here; see pipeline.py's `conversation_formatter`.)
 
 Command line:
-    python -m oq2vl_jax.data.sources index DIR [DIR ...] [--index-dir D] [--workers N] [--force]
+    python -m oq2vl_jax.data.sources index PATH [PATH ...] [--index-dir D] [--workers N] [--force]
     python -m oq2vl_jax.data.sources convert-packed-json SRC OUT_DIR [--shard-size N]
     python -m oq2vl_jax.data.sources info KIND PATH [--image-root R]
 """
@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from oq2vl_jax.data import shard_paths
 from oq2vl_jax.data.webdataset import WebDatasetSource, build_index
 from oq2vl_jax.errors import UserError
 
@@ -298,18 +299,31 @@ class MammothSource:
         return _conversation_record(self.name, index, sample, self.image_root)
 
 
+def source_path_exists(spec: Mapping[str, Any]) -> bool:
+    """Cheap start-up check of a source entry's path (a webdataset path may be a pattern or a list)."""
+    path = spec.get("path") or ""
+    if isinstance(path, str) and path.startswith(("gs://", "s3://")):
+        return True
+    if spec.get("kind") == "webdataset":
+        return shard_paths.source_path_exists(path)
+    return os.path.exists(os.path.expanduser(str(path)))
+
+
 def open_source(spec: Mapping[str, Any], field: str = "source"):
     """Opens one source from its config entry {kind, path, ...extras}; errors name `field`."""
     kind = spec.get("kind")
     if kind not in SOURCE_KINDS:
         raise UserError(f"{field}.kind must be one of {SOURCE_KINDS}, got {kind!r}")
-    path = str(spec.get("path") or "")
     name = spec.get("name") or None
+    if kind == "webdataset":  # a path, a glob / brace pattern, or a list of them (data/shard_paths.py)
+        try:
+            return WebDatasetSource(spec.get("path"), index_dir=spec.get("index_dir") or None, name=name)
+        except UserError as e:
+            raise UserError(f"{field}.path: {e}") from None
+    path = str(spec.get("path") or "")
     if kind != "tfds" and not os.path.exists(os.path.expanduser(path)):
         raise UserError(f"{field}.path: {path!r} does not exist")
     try:
-        if kind == "webdataset":
-            return WebDatasetSource(path, index_dir=spec.get("index_dir") or None, name=name)
         if kind == "packed_json":
             return PackedJsonSource(path, name=name)
         if kind == "tfds":
@@ -361,8 +375,9 @@ def convert_packed_json(src: str, out_dir: str, shard_size: int = 10000) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oq2vl_jax.data.sources", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_index = sub.add_parser("index", help="build the member index of WebDataset shard directories")
-    p_index.add_argument("dirs", nargs="+")
+    p_index = sub.add_parser("index", help="build the member index of WebDataset shards (one index per PATH)")
+    p_index.add_argument("paths", nargs="+", metavar="PATH",
+                         help="a shard directory, one .tar, or a quoted glob / brace pattern ('dir/{00000..00099}.tar')")
     p_index.add_argument("--index-dir", default=None, help="write the index here instead of next to the shards")
     p_index.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2))
     p_index.add_argument("--force", action="store_true", help="rebuild even if an up-to-date index exists")
@@ -379,10 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.set_verbosity(logging.INFO)
     try:
         if args.command == "index":
-            for d in args.dirs:
-                directory = build_index(d, args.index_dir, workers=args.workers, force=args.force)
-                source = WebDatasetSource(d, index_dir=directory)
-                print(f"{d}: {len(source)} records, index in {directory}, problems: {source.problems or 'none'}")
+            for path in args.paths:
+                index = build_index(path, args.index_dir, workers=args.workers, force=args.force)
+                source = WebDatasetSource(path, index_dir=os.path.dirname(index))
+                print(f"{path}: {len(source)} records, index {index}, problems: {source.problems or 'none'}")
         elif args.command == "convert-packed-json":
             print(json.dumps(convert_packed_json(args.src, args.out_dir, args.shard_size)))
         else:

@@ -20,6 +20,8 @@ from absl import logging
 SKIP_REASONS = (
     "shard_unreadable",    # a tar shard that is not a tar at all (empty, garbage, missing at read time)
     "shard_truncated",     # a tar shard cut short: the members after the cut are lost (counted once per cut)
+    "shard_changed",       # a shard whose size or mtime changed after it was indexed: not read (the next run re-indexes)
+    "duplicate_key",       # a second sample with a key already used in its shard (the first one is kept)
     "record_unreadable",   # I/O error, bad JSON / base64, or a record that cannot be parsed
     "image_missing",       # sample without an image member, or an image file that does not exist
     "caption_missing",     # sample without a caption member
