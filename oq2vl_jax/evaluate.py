@@ -80,8 +80,10 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
         for task, items in loaded:
             print(f"{task.name}: {len(items)} items")
             if items:
+                from oq2vl_jax.evals.prompts import display
+
                 for name, req in task.requests(items[0], args.prompt).items():
-                    print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {req.prompt!r}")
+                    print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {display(req)!r}")
         return {}
     run = {"ckpt": os.path.abspath(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
            "limit": args.limit}

@@ -30,7 +30,7 @@ class FakeModel:
 
     @staticmethod
     def _key(r):
-        return zlib.crc32((r.prompt + "|".join(map(str, r.images))).encode())
+        return zlib.crc32((r.template + r.prompt + "|".join(map(str, r.images))).encode())
 
     def generate(self, requests):
         with self.lock:

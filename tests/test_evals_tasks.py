@@ -7,7 +7,7 @@ import pytest
 
 from eval_fixtures import WRITERS, write_mmbench
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.evals import registry
+from oq2vl_jax.evals import prompts, registry
 from oq2vl_jax.evals.task import item_rng
 
 
@@ -58,7 +58,8 @@ def test_mmbench_reference_prompt_as_written(tmp_path):
                           "letter from the given choices directly.\nAnswer:")
     assert ref.max_new_tokens == 16 and ref.stop == (".", ",", "\n")
     chat = task.requests(items["1"], "chat")["answer"]
-    assert chat.prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+    assert chat.template == "chat" and chat.prompt.startswith("<image>\nLook closely.")
+    assert prompts.display(chat) == ("<s><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
                            "Look closely.\nWhich animal?\nA. cat\nB. dog\nAnswer with the option's letter from the "
                            "given choices directly.<|im_end|>assistant\n")
 

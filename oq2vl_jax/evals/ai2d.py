@@ -51,7 +51,7 @@ class AI2D(Task):
         if style == "reference":
             text += "\nAnswer:"
         gen = prompts.request(style, text, item.images)
-        probs = Request(gen.prompt, gen.images, kind="score", candidates=PROB_CANDIDATES)
+        probs = Request(gen.prompt, gen.images, kind="score", template=gen.template, candidates=PROB_CANDIDATES)
         return {"answer": gen, "probs": probs}
 
     def score(self, item, outputs, rng):

@@ -27,9 +27,11 @@ class Item:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One model call. `prompt` is the full text; every `<image>` marks where the next image of `images` goes.
+    """One model call. Every `<image>` in `prompt` marks where the next image of `images` goes.
 
-    The model prepends its BOS itself (the original's `generate_batch` always prepends one `<s>`). For `generate`,
+    `template` "base": `prompt` is the whole text and the model prepends only its BOS (the original's
+    `generate_batch` always prepends one `<s>`). `template` "chat": `prompt` is the user message and the model
+    renders it in the SFT chat format with the generation prompt (`oq2vl_jax.data.chat`, "open_qwen2vl"). For `generate`,
     decoding is greedy; it ends after `max_new_tokens` or after the first generated token whose text is one of
     `stop` (that token is kept, as Hugging Face keeps an EOS it stopped on) or at the model's EOS; the text is decoded
     without special tokens and stripped. For `score`, `candidates` are strings that must be single tokens; the model
@@ -38,6 +40,7 @@ class Request:
     prompt: str
     images: tuple[ImageRef, ...]
     kind: str = "generate"
+    template: str = "base"
     max_new_tokens: int = 16
     stop: tuple[str, ...] = ()
     candidates: tuple[str, ...] = ()
@@ -45,6 +48,8 @@ class Request:
     def __post_init__(self):
         if self.kind not in ("generate", "score"):
             raise ValueError(f"Request.kind must be 'generate' or 'score', got {self.kind!r}")
+        if self.template not in ("base", "chat"):
+            raise ValueError(f"Request.template must be 'base' or 'chat', got {self.template!r}")
         if self.kind == "score" and not self.candidates:
             raise ValueError("a score request needs candidates")
         if self.prompt.count(IMAGE_MARKER) != len(self.images):

@@ -5,10 +5,10 @@ module builds its own. Their generation settings: greedy, 16 new tokens, stop af
 harness's `eos_token_id` list, `vlm-evaluation/vlm_eval/models/prismatic.py`, whose other ids are ordinary Qwen tokens
 left over from Llama/Phi vocabularies and are not reproduced).
 
-Chat prompts wrap a user message in the original's SFT template (`prismatic-vlms/prismatic/models/backbones/llm/
-prompting/qwen2_prompter.py`): system "You are a helpful assistant.", then `<|im_start|>user\\n{msg}<|im_end|>
-assistant\\n` (no `\\n<|im_start|>` before "assistant", as that template). The model prepends the BOS `<s>`; the
-message is stripped as the prompter does. Generation stops at the model's EOS (`<|im_end|>`).
+Chat prompts are the user message of one turn; the model renders it in the original's SFT template
+(`oq2vl_jax/data/chat.py` "open_qwen2vl": system "You are a helpful assistant.", then `<|im_start|>user\n{msg}
+<|im_end|>assistant\n`, no `\n<|im_start|>` before "assistant", as `qwen2_prompter.py`). Generation stops at the
+model's EOS (`<|im_end|>`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,18 @@ REFERENCE_MAX_NEW_TOKENS = 16
 CHAT_MAX_NEW_TOKENS = 32
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 LETTER_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
-SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 def chat_prompt(user_message: str) -> str:
-    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
-            f"<|im_start|>user\n{user_message.strip()}<|im_end|>assistant\n")
+    """The chat prompt as text, for display (`--dry_run`): the model builds the same from the request itself."""
+    from oq2vl_jax.data import chat
+
+    return (chat.OPEN_QWEN2VL_SYSTEM_PREFIX.format(system=chat.OPEN_QWEN2VL_SYSTEM)
+            + chat.OPEN_QWEN2VL_USER.format(msg=user_message.strip()))
+
+
+def display(request: Request) -> str:
+    return chat_prompt(request.prompt) if request.template == "chat" else request.prompt
 
 
 def reference_vqa(question: str) -> str:
@@ -47,7 +53,7 @@ def request(style: str, prompt_or_message: str, images: tuple[ImageRef, ...], *,
         return Request(prompt_or_message, tuple(images), max_new_tokens=REFERENCE_MAX_NEW_TOKENS,
                        stop=REFERENCE_STOP)
     if style == "chat":
-        return Request(chat_prompt(prompt_or_message), tuple(images), max_new_tokens=chat_max_new_tokens)
+        return Request(prompt_or_message, tuple(images), max_new_tokens=chat_max_new_tokens, template="chat")
     raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
 
 
