@@ -92,7 +92,7 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
     if model is None:
         from oq2vl_jax.evals.model import load_model
 
-        model = load_model(args.ckpt, batch=args.batch)
+        model = load_model(args.ckpt)
         process_index, process_count, barrier = model.process_index, model.process_count, model.barrier
     summary = {"run": run, "tasks": {}}
     records_by_task = {}
