@@ -21,7 +21,9 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax.convert import hf, tensor_files, importer, tokenizer
+from oq2vl_jax import tokens
+from oq2vl_jax.convert import tokenizer
+from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
 
@@ -106,7 +108,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         extra["blocks"] = _zero_blocks(config, params["vision"]["blocks"])
         lines.append("warning: vision blocks after the feature layer are not in the checkpoint; written as zeros "
                      "(LLaVA never uses their output; pass --vision SRC to write the real ones)")
-    tok = tokenizer.load(tokenizer_dir)
+    tok = tokens.open_tokenizer(tokenizer_dir)
     image_id = tokenizer.add_image_token(tok, config.llm.vocab_size, tokenizer_dir)
     vision_cfg = hf.siglip_config_to_hf(config.vision, use_head="head" in extra)
     text_cfg = hf.qwen2_config_to_hf(config.llm, llm_hf_config)
@@ -128,7 +130,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
     processor = transformers.LlavaProcessor(
         image_processor=image_processor, tokenizer=tok, patch_size=config.vision.patch_size,
-        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=tokenizer.IMAGE_TOKEN,
+        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=tokens.IMAGE_TOKEN,
         num_additional_image_tokens=0)
     processor.save_pretrained(out_dir)
     lines.append(f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
@@ -177,7 +179,7 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
         "fc2": hf._dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
     llm = hf.qwen2_from_hf(get, llm_cfg, prefix=names["llm"], lm_head=names["lm_head"])
     tok_dir = tempfile.mkdtemp(prefix="oq2vl_llava_tok_")
-    tokenizer.strip_added_token(directory, tok_dir, tokenizer.IMAGE_TOKEN)
+    tokenizer.strip_added_token(directory, tok_dir, tokens.IMAGE_TOKEN)
     hf_text = {k: v for k, v in text.items() if k not in ("architectures",)}
     return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra,
                              [f"hf-llava {directory}"], hf_text), tok_dir
