@@ -9,8 +9,9 @@ import shutil
 import ml_dtypes
 import numpy as np
 
-from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import hf, tensor_files, importer, llava, prismatic, tokenizer
+from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax.convert import llava, prismatic
+from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
 
@@ -62,7 +63,7 @@ def export_hf_qwen2(out_dir: str, config: VLMConfig, params: dict, *, dtype, tok
                                                          consume=True), dtype=dtype)
     hf_config = hf.qwen2_config_to_hf(cfg, llm_hf_config, dtype="bfloat16" if dtype == DTYPES["bf16"] else "float32")
     if tokenizer_dir is not None:
-        ids = tokenizer.token_ids(tokenizer.load(tokenizer_dir))
+        ids = tokens.token_ids(tokens.open_tokenizer(tokenizer_dir))
         hf_config.setdefault("eos_token_id", ids["eos"])
         hf_config.setdefault("pad_token_id", ids["pad"])
         for name in os.listdir(tokenizer_dir):

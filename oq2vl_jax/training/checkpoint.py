@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from oq2vl_jax import checkpoint_io
+from oq2vl_jax import checkpoint_io, tokens
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.training.state import TrainState, merge_params, split_params
 
@@ -121,11 +121,9 @@ class Checkpointer:
 
     def write_tokenizer(self, tokenizer_dir: str, vocab_size: int) -> None:
         """Stores the tokenizer (with the reference's added tokens, tokenizer files only) beside the steps."""
-        from oq2vl_jax.convert import tokenizer as tokenizer_lib
-
         dst = os.path.join(self.directory, checkpoint_io.TOKENIZER_DIR)
         if jax.process_index() == 0 and tokenizer_dir and os.path.abspath(tokenizer_dir) != dst:
-            tokenizer_lib.prepare(tokenizer_dir, dst, vocab_size=vocab_size)
+            tokens.prepare(tokenizer_dir, dst, vocab_size=vocab_size)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
