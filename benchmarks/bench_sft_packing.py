@@ -68,7 +68,8 @@ def training_comparison(num_conversations: int, workdir: str) -> dict:
     from oq2vl_jax.data import chat, demo
     from oq2vl_jax.data.demo_sft import write_sft_demo
     from oq2vl_jax.data.tokenizer import load_tokenizer
-    from oq2vl_jax.training import loop, metrics
+    from oq2vl_jax.training import loop, metrics, setup
+    from oq2vl_jax.training.host import pipeline_data_factory
     from oq2vl_jax.training.step import make_eval_step
 
     tok_dir = demo.build_tiny_tokenizer(os.path.join(workdir, "tokenizer"))
@@ -123,10 +124,10 @@ def training_comparison(num_conversations: int, workdir: str) -> dict:
         wall = time.perf_counter() - start
         records = [r for r in metrics.read_metrics(run_dir) if "loss" in r]
         compile_time = records[0].get("first_step_time", 0.0)
-        _, _, shardings = loop.optimizer_and_state(config, result.parts, result.mesh)
+        _, _, shardings = setup.optimizer_and_state(config, result.parts, result.mesh)
         eval_step = make_eval_step(result.parts, result.mesh, shardings)
         eval_config = make_config("none", unpacked_length, 16)
-        eval_loss = loop.evaluate(eval_step, result.state, loop.pipeline_data_factory(eval_config, 64), result.mesh,
+        eval_loss = loop.evaluate(eval_step, result.state, pipeline_data_factory(eval_config, 64), result.mesh,
                                   rows=16, global_rows=16, num_batches=0, seed=0)
         steps = result.last_step
         results[name] = {

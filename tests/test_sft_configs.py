@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.train import dry_run
-from oq2vl_jax.training import loop
+from oq2vl_jax.training.dry_run import dry_run
+from oq2vl_jax.training import setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +54,7 @@ def test_sft_start_up_errors_name_the_field(tmp_path):
     config = load("sft_llava665k")
     config.data.sources = ({"kind": "llava", "path": str(tmp_path)},)
     with pytest.raises(UserError, match="--config.init.init_from"):
-        loop.validate_paths(config)
+        setup.validate_paths(config)
 
 
 def test_demo_sft_config():

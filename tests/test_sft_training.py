@@ -11,14 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from data_fixtures import tiny_tokenizer_dir  # noqa: F401,F811 (fixture)
+from data_fixtures import tiny_tokenizer_dir  # noqa: F401 (fixture)
 from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.data.demo_sft import write_sft_demo
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models import vlm as vlm_lib
-from oq2vl_jax.training import loop, metrics
+from oq2vl_jax.training import loop, metrics, setup
 from oq2vl_jax.training import state as state_lib
-from oq2vl_jax.training.checkpoint import Checkpointer
 from test_step import FAST_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,15 +41,15 @@ def config(tokens_per_image: int, **init):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, tiny_tokenizer_dir):  # noqa: F811
+def pretrained(tmp_path_factory, tiny_tokenizer_dir):  # noqa: F811 (fixture)
     """A 144-token "pre-training" checkpoint (random weights, as `convert import` or a pre-training run leaves)."""
     pre = config(144, source="random")
     pre.data.tokenizer_dir = tiny_tokenizer_dir
-    vlm = loop.random_model_config(pre)
+    vlm = setup.random_model_config(pre)
     assert vlm.tokens_per_image == 144 and vlm.vision.grid == 27
-    mesh = parallel.build_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    params = jax.device_get(state_lib.ModelParts(vlm, loop.model_options(pre.model)).random_params(3, mesh,
-                                                                                                  FAST_COMPILE))
+    rng = np.random.default_rng(3)  # random weights made on the host: no compile
+    abstract = state_lib.ModelParts(vlm, setup.model_options(pre.model)).abstract_params
+    params = jax.tree.map(lambda x: (0.05 * rng.standard_normal(x.shape)).astype(x.dtype), abstract)
     ckpt = str(tmp_path_factory.mktemp("pretrain") / "checkpoints")
     checkpoint_io.save_params(ckpt, params, vlm, tokenizer_dir=tiny_tokenizer_dir)
     return ckpt, params
@@ -70,14 +69,12 @@ def test_sft_from_144_token_checkpoint_starts_bit_equal_and_trains(pretrained, t
     cfg = sft_config(ckpt, tmp_path)
     workdir = str(tmp_path / "run")
     # the trainer's own initialisation path, stopped before the first update
-    checkpointer = Checkpointer(os.path.join(workdir, "probe"), keep=1, async_save=False)
-    vlm, imported = loop._model_config(cfg, checkpointer)
-    checkpointer.close()
+    vlm, imported = setup.resolve_model_config(cfg)
     assert vlm.tokens_per_image == 729 and imported is None
-    parts = state_lib.ModelParts(vlm, loop.model_options(cfg.model))
+    parts = state_lib.ModelParts(vlm, setup.model_options(cfg.model))
     mesh = parallel.build_mesh(cfg.mesh, jax.devices()[:2])
-    tx, abstract, _ = loop.optimizer_and_state(cfg, parts, mesh)
-    params = loop._initial_params(cfg, parts, mesh, abstract, None, FAST_COMPILE)
+    tx, abstract, _ = setup.optimizer_and_state(cfg, parts, mesh)
+    params = setup.initial_params(cfg, parts, mesh, abstract, None, FAST_COMPILE)
     state = state_lib.init_state(params, parts, "pretrain", "float32", tx, mesh, FAST_COMPILE)
     loaded = jax.device_get(state_lib.merge_params(state.trainable, state.frozen))
     assert sorted(state.trainable) == ["llm", "projector"] and sorted(state.frozen) == ["vision"]
@@ -95,18 +92,20 @@ def test_sft_from_144_token_checkpoint_starts_bit_equal_and_trains(pretrained, t
     assert meta["model_config"]["tokens_per_image"] == 729
 
 
-def test_tokens_per_image_both_ways_and_checked():
-    stored = loop.preset_model_config(config(144), 512)
-    up = loop.checkpoint_model_config(config(729, init_from="ckpt"), stored)
-    assert up.tokens_per_image == 729 and up.replace(tokens_per_image=144) == stored
-    assert loop.checkpoint_model_config(config(144, init_from="ckpt"), up) == stored  # and back
-    assert loop.checkpoint_model_config(config(144, init_from="ckpt"), stored) is stored
-    with pytest.raises(UserError, match="model.tokens_per_image=730"):
-        loop.checkpoint_model_config(config(730, init_from="ckpt"), stored)
-    bad = config(729, init_from="ckpt")
+def test_tokens_per_image_both_ways_and_checked(pretrained):
+    """The trainer's init path (training/setup.py): 144 -> 729 and back, an impossible size or a wrong image size is
+    one error naming the field."""
+    ckpt, _ = pretrained
+    up, _ = setup.resolve_model_config(config(729, source="checkpoint", init_from=ckpt))
+    assert up.tokens_per_image == 729
+    down = setup.with_tokens_per_image(up, 144, "a 729-token checkpoint")
+    assert down.tokens_per_image == 144 and down.replace(tokens_per_image=729) == up
+    with pytest.raises(UserError, match="model.tokens_per_image"):
+        setup.resolve_model_config(config(730, source="checkpoint", init_from=ckpt))
+    bad = config(729, source="checkpoint", init_from=ckpt)
     bad.data.image_size = 384
-    with pytest.raises(UserError, match="data.image_size=384.*54-pixel"):
-        loop.checkpoint_model_config(bad, stored)
+    with pytest.raises(UserError, match="data.image_size=384"):
+        setup.resolve_model_config(bad)
 
 
 @pytest.mark.slow
@@ -124,8 +123,8 @@ def test_rows_without_images_run_no_vision_tower(monkeypatch):
     cfg = config(16)
     cfg.model.vision_overrides = dict(depth=2)
     cfg.data.image_size = 32  # patch 4: an 8 x 8 grid pooled to 4 x 4
-    vlm = loop.preset_model_config(cfg, 512)
-    parts = state_lib.ModelParts(vlm, loop.model_options(cfg.model))
+    vlm = setup.preset_model_config(cfg, 512)
+    parts = state_lib.ModelParts(vlm, setup.model_options(cfg.model))
     mesh = parallel.build_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     params = parts.random_params(0, mesh, FAST_COMPILE)
     forward = jax.jit(lambda p, b: parts.model(p)(b), compiler_options=FAST_COMPILE)
