@@ -13,7 +13,7 @@ from oq2vl_jax.errors import UserError
 
 
 def reference_preprocess(data: bytes, size: int) -> np.ndarray:
-    """What the reference does before ToTensor/Normalize (REFERENCE.md §1.3): convert("RGB").resize(BICUBIC) on the
+    """What the reference does before ToTensor/Normalize (reference_notes.md §2): convert("RGB").resize(BICUBIC) on the
     Pillow of its time, which resized horizontally, then vertically. Pillow >= 12.2 may run the vertical pass first,
     so the oracle spells the two passes out (see test_resample)."""
     return pil_horizontal_then_vertical(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), size, size)

@@ -1,4 +1,4 @@
-"""The reference's own run-directory format (REFERENCE.md §4), both ways.
+"""The reference's own run-directory format (docs/reference_notes.md §9), both ways.
 
   DIR/config.json                      {"model": {model_id, vision_backbone_id, llm_backbone_id, arch_specifier,
                                         image_resize_strategy, llm_max_length}, "mount_path": "Qwen"}

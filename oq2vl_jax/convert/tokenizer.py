@@ -1,4 +1,4 @@
-"""The tokenizer a checkpoint carries: the Qwen2 tokenizer with the reference's additions (REFERENCE.md §1.6).
+"""The tokenizer a checkpoint carries: the Qwen2 tokenizer with the reference's additions (docs/reference_notes.md §3).
 
 `prepare` loads an HF tokenizer directory, checks it is a Qwen2 tokenizer the reference could use, adds
 `<|endofchunk|>` and `<s>` as additional special tokens (so they get ids len(tokenizer), len + 1: 151665 and 151666

@@ -1,4 +1,4 @@
-"""Image bytes -> uint8 [S, S, 3], exactly as the reference preprocesses them (REFERENCE.md §1.3).
+"""Image bytes -> uint8 [S, S, 3], exactly as the reference preprocesses them (docs/reference_notes.md §2).
 
 Default ("squash"): `Image.open(bytes).convert("RGB").resize((S, S), Image.BICUBIC)`, the reference's resize-naive
 transform before ToTensor/Normalize (normalisation happens on device). "pad" keeps the aspect ratio: bicubic resize of

@@ -60,7 +60,7 @@ def _count(record: dict, reason: str) -> None:
 
 
 class PackedJsonSource:
-    """The reference's `*_packed.json` files (REFERENCE.md §2.4); one record = one file = all its documents.
+    """The reference's `*_packed.json` files (docs/reference_notes.md §5); one record = one file = all its documents.
 
     Each `info` in "data" has aligned "image_info" / "texts" lists (an image {"image_base64": ...} or null, a text or
     null). The reference's bins are not kept: every info is re-tokenized as a document and re-packed by our FFD
@@ -251,7 +251,7 @@ class LlavaSource:
 
 
 class MammothSource:
-    """MAmmoTH-VL layout (REFERENCE.md §3.6): jsonl lines {"path": name, "length": n}, each pointing to
+    """MAmmoTH-VL layout (docs/reference_notes.md §8): jsonl lines {"path": name, "length": n}, each pointing to
     dirname(jsonl)/instruction_si_split/{name} (a LLaVA-style sample). A .json list of such pointers also works."""
 
     def __init__(self, path: str, *, image_root: str = "", name: str | None = None):
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_index = sub.add_parser("index", help="build the member index of WebDataset shards (one index per PATH)")
     p_index.add_argument("paths", nargs="+", metavar="PATH",
-                         help="a shard directory, one .tar, or a quoted glob / brace pattern ('dir/{00000..00099}.tar')")
+                         help="a shard directory, one .tar, or a quoted glob / brace range ('dir/{00000..00099}.tar')")
     p_index.add_argument("--index-dir", default=None, help="write the index here instead of next to the shards")
     p_index.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2))
     p_index.add_argument("--force", action="store_true", help="rebuild even if an up-to-date index exists")

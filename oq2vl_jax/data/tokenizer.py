@@ -1,4 +1,4 @@
-"""The Qwen2 tokenizer as the reference sets it up, and the token layout of one document (REFERENCE.md §1.6, §2.2).
+"""The Qwen2 tokenizer as the reference sets it up, and the token layout of one document (docs/reference_notes.md §3).
 
 `load_tokenizer(dir)` loads a local HF tokenizer directory offline, adds `<|endofchunk|>` and `<s>` as additional
 special tokens and makes `<s>` the BOS, as the reference does. A caption document is
@@ -6,7 +6,7 @@ special tokens and makes `<s>` the BOS, as the reference does. A caption documen
     <s> [image x T_img] \n caption <|im_end|>
 
 i.e. ids = [bos] + T_img image positions + tok("\n" + caption) + [im_end], nothing dropped (the reference's
-`tokenizer_image_token` bug, REFERENCE.md §9 item 4, is deliberately not reproduced).
+`tokenizer_image_token` bug, docs/reference_notes.md §10 Q2, is deliberately not reproduced).
 
 `TextEncoder` is the small picklable part the pipeline ships to Grain workers: the `tokenizers` backend plus the
 special ids, so worker processes never import transformers.
@@ -133,7 +133,7 @@ def caption_document(tokenizer, caption: str, tokens_per_image: int) -> Document
 
 
 def interleaved_document(tokenizer, parts: Sequence[tuple[str, object]], tokens_per_image: int) -> DocumentLayout:
-    """Interleaved image/text document as the reference's JSON training path builds it (REFERENCE.md §2.5).
+    """Interleaved image/text document as the reference's JSON training path builds it (reference_notes.md §3).
 
     parts: ("image", anything) / ("text", str) in document order. Each image becomes an image block followed by
     "\\n"; each text segment gets `<|endofchunk|>` appended when the document has >= 2 images. A caption document is

@@ -165,7 +165,7 @@ class ModelOptions:
     vision_chunk: int = 8  # image slots per vision-tower step; chunks holding no valid image are skipped
     loss_chunk: int = 2048  # tokens per cross-entropy chunk (never holds fp32 [tokens, vocab] logits at once)
     # Reproduce how the reference trains packed rows: plain causal attention over the whole row and continuous
-    # positions 0..L-1 (REFERENCE.md §2.5). Off: per-document masking and positions.
+    # positions 0..L-1 (docs/reference_notes.md §6). Off: per-document masking and positions.
     reference_compat: bool = False
     splash_interpret: bool = False  # run the TPU splash kernel in interpret mode (tests on CPU)
 
