@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from oq2vl_jax.data.selection import SelectedSource
 from oq2vl_jax.data.webdataset import WebDatasetSource, build_index
 from oq2vl_jax.errors import UserError
 
@@ -309,7 +310,9 @@ def open_source(spec: Mapping[str, Any], field: str = "source"):
         raise UserError(f"{field}.path: {path!r} does not exist")
     try:
         if kind == "webdataset":
-            return WebDatasetSource(path, index_dir=spec.get("index_dir") or None, name=name)
+            source = WebDatasetSource(path, index_dir=spec.get("index_dir") or None, name=name)
+            # "select": a selection file (data/selection.py) restricts the source to its rows, without copying
+            return SelectedSource(source, spec["select"]) if spec.get("select") else source
         if kind == "packed_json":
             return PackedJsonSource(path, name=name)
         if kind == "tfds":
