@@ -2,7 +2,7 @@
 
 Every source returns plain dict records; nothing is unpickled and nothing is extracted to disk.
 
-Caption-like sources ("webdataset", "packed_json", "tfds") return
+Caption-like sources ("webdataset", "packed_json", "tfds", "parquet") return
     {"source": name, "index": i, "key": str, "documents": [{"key": str, "parts": [("image", bytes) |
      ("text", str), ...]}, ...], "skips": {reason: n}, "repairs": {reason: n}}
 where a record may hold several documents (a reference packed JSON file) or none (its problem is in "skips").
@@ -31,12 +31,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from oq2vl_jax.data.parquet_source import ParquetSource
 from oq2vl_jax.data.selection import SelectedSource
 from oq2vl_jax.data.webdataset import WebDatasetSource, build_index
 from oq2vl_jax.errors import UserError
 
-SOURCE_KINDS = ("webdataset", "packed_json", "tfds", "llava", "mammoth")
-CAPTION_KINDS = ("webdataset", "packed_json", "tfds")
+SOURCE_KINDS = ("webdataset", "packed_json", "tfds", "parquet", "llava", "mammoth")
+CAPTION_KINDS = ("webdataset", "packed_json", "tfds", "parquet")
 CONVERSATION_KINDS = ("llava", "mammoth")
 MAMMOTH_SPLIT_DIR = "instruction_si_split"
 
@@ -306,7 +307,7 @@ def open_source(spec: Mapping[str, Any], field: str = "source"):
         raise UserError(f"{field}.kind must be one of {SOURCE_KINDS}, got {kind!r}")
     path = str(spec.get("path") or "")
     name = spec.get("name") or None
-    if kind != "tfds" and not os.path.exists(os.path.expanduser(path)):
+    if kind not in ("tfds", "parquet") and not os.path.exists(os.path.expanduser(path)):
         raise UserError(f"{field}.path: {path!r} does not exist")
     try:
         if kind == "webdataset":
@@ -315,6 +316,10 @@ def open_source(spec: Mapping[str, Any], field: str = "source"):
             return SelectedSource(source, spec["select"]) if spec.get("select") else source
         if kind == "packed_json":
             return PackedJsonSource(path, name=name)
+        if kind == "parquet":  # Hugging Face parquet datasets (data/parquet_source.py); path may be a glob
+            return ParquetSource(path, image_column=spec.get("image_column", "image"),
+                                 text_column=spec.get("text_column", "text"),
+                                 text_json_path=spec.get("text_json_path", ""), name=name)
         if kind == "tfds":
             if not path and not spec.get("tfds_name"):
                 raise UserError(f"{field}: a tfds source needs tfds_name (registered name) or path (prepared dir)")
