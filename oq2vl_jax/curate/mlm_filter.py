@@ -121,3 +121,54 @@ def parse_scores(texts: Sequence) -> tuple[np.ndarray, np.ndarray]:
     parsed = [parse_score(t) for t in texts]
     ok = np.array([p is not None for p in parsed], bool)
     return np.array([float(p) if p is not None else np.nan for p in parsed], np.float64), ok
+
+
+def table_columns(samples: list[dict], texts: list[str], task: str) -> dict[str, list]:
+    """The original's per-shard table: every field of each sample's json (uid, caption, original_width, status,
+    ...; missing fields null) plus `{task}_score` with the generated text, unparsed (parsing happens at selection,
+    as in the original)."""
+    fields: list[str] = []
+    for s in samples:
+        fields += [k for k in s["json"] if k not in fields]
+    columns = {k: [s["json"].get(k) for s in samples] for k in fields}
+    columns.setdefault("uid", [s["uid"] for s in samples])
+    columns["key"] = [s["key"] for s in samples]
+    columns[SCORE_COLUMN.format(task=task)] = list(texts)
+    return columns
+
+
+def score_shards(generate: Callable[[list[dict], str], list[str]], shards_pattern: str, out_dir: str,
+                 tasks: Sequence[str] = tuple(TASKS)) -> dict:
+    """Writes `{out}/{8 digits}_{task}.parquet` for every `{8 digits}.tar` shard and task, skipping tables that
+    exist (the original's resume rule). `generate(samples, task)` returns one decoded text per sample: the model
+    call (prompt building with `prompt_ids`, greedy decoding of MAX_NEW_TOKENS tokens) lives with the caller."""
+    import os
+    import re
+    import time
+    from absl import logging
+    from oq2vl_jax.curate import shards as shards_lib
+    from oq2vl_jax.errors import UserError
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UserError(f"unknown MLM-Filter task(s) {unknown}; choose from {list(TASKS)}")
+    root, shards = shards_lib.list_shards(shards_pattern)
+    counts = {"written": 0, "skipped_existing": 0, "samples": 0, "unparsed": 0}
+    start = time.time()
+    for task in tasks:
+        for shard in shards:
+            match = re.fullmatch(r"(\d{8})\.tar", os.path.basename(shard))
+            if match is None:
+                raise UserError(f"shard '{shard}': the MLM-Filter layout names tables after {{8 digits}}.tar shards")
+            path = os.path.join(out_dir, os.path.dirname(shard), TABLE_NAME.format(shard=int(match[1]), task=task))
+            if os.path.exists(path):
+                counts["skipped_existing"] += 1
+                continue
+            samples = list(shards_lib.iter_samples(os.path.join(root, shard)))
+            texts = generate(samples, task)
+            shards_lib.write_table(path, table_columns(samples, texts, task), [])
+            counts["written"] += 1
+            counts["samples"] += len(samples)
+            counts["unparsed"] += int((~parse_scores(texts)[1]).sum())
+            logging.info("curate mlm: %s %s: %d samples (%.1f samples/s overall)", task, shard, len(samples),
+                         counts["samples"] / max(time.time() - start, 1e-9))
+    return counts
