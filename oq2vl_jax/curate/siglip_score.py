@@ -59,17 +59,31 @@ class TextTokenizer:
 
 
 class Scorer:
-    def __init__(self, model_path: str, *, tokenizer_dir: str | None = None, batch_size: int = 256,
-                 compute_dtype: str = "float32", vision_heads: int | None = None, devices=None):
-        self.config, tree, self.kind = siglip_pair.load_pair(model_path, vision_heads=vision_heads)
+    """A jitted pair-score step over a 1-D data mesh, with host-side preprocessing of shard samples."""
+
+    @classmethod
+    def from_path(cls, model_path: str, *, tokenizer_dir: str | None = None, vision_heads: int | None = None,
+                  **kwargs) -> "Scorer":
+        config, tree, kind = siglip_pair.load_pair(model_path, vision_heads=vision_heads)
+        default_tok = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
+        scorer = cls(config, tree, TextTokenizer(tokenizer_dir or default_tok, config.text.max_length), **kwargs)
+        scorer.kind = kind
+        return scorer
+
+    def __init__(self, config, tree, tokenizer, *, batch_size: int = 256, compute_dtype: str = "float32",
+                 devices=None):
+        self.config, self.kind, self.tokenizer = config, "in memory", tokenizer
         self.devices = list(devices or jax.devices())
         if batch_size % len(self.devices):
             raise UserError(f"--batch-size {batch_size} must be a multiple of the {len(self.devices)} devices")
         self.batch_size = batch_size
         self.mesh = Mesh(np.array(self.devices), ("data",))
         options = ModelOptions(compute_dtype=compute_dtype, attention="auto")
-        model = params_lib.load_params(nnx.eval_shape(lambda: SiglipPair(self.config, options, rngs=nnx.Rngs(0))),
-                                       tree)
+        if tree is None:  # random weights (benchmarks)
+            model = SiglipPair(self.config, options, rngs=nnx.Rngs(0))
+        else:
+            model = params_lib.load_params(
+                nnx.eval_shape(lambda: SiglipPair(self.config, options, rngs=nnx.Rngs(0))), tree)
         graphdef, state = nnx.split(model)
         replicated = NamedSharding(self.mesh, P())
         self.state = jax.device_put(state, replicated)
@@ -81,8 +95,6 @@ class Scorer:
             return m.pair_scores(normalize_pixels(pixels), token_ids).astype(jnp.float32)
 
         self._score = score
-        default_tok = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
-        self.tokenizer = TextTokenizer(tokenizer_dir or default_tok, self.config.text.max_length)
         self.image_size = self.config.vision.image_size
 
     def _pixels(self, sample: dict) -> np.ndarray | None:
@@ -132,8 +144,8 @@ def score_shards(model_path: str, shards_pattern: str, out_dir: str, *, task: st
               "unscored": 0}
     if not todo:
         return counts
-    scorer = Scorer(model_path, tokenizer_dir=tokenizer_dir, batch_size=batch_size, compute_dtype=compute_dtype,
-                    vision_heads=vision_heads)
+    scorer = Scorer.from_path(model_path, tokenizer_dir=tokenizer_dir, vision_heads=vision_heads,
+                              batch_size=batch_size, compute_dtype=compute_dtype)
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         for n, shard in enumerate(todo):
