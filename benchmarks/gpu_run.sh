@@ -57,10 +57,10 @@ timeout 240 python3 benchmarks/torch_peer.py --rows "$ROWS" --steps "$STEPS" --w
 echo "== PyTorch peer (gradient checkpointing off)"
 timeout 240 python3 benchmarks/torch_peer.py --rows "$ROWS" --steps "$STEPS" --warmup "$WARMUP" --no-grad-ckpt $TINY_FLAGS \
   --json "$OUT/peer_nockpt.json" 2>&1 | tail -2
-echo "== curation: SigLIP So400m pair score step (bf16, random weights) + host decode per core"
+echo "== curation: SigLIP So400m pair score step (bf16, random weights) + host decode per core (.jsonl: not a step row)"
 if [ "${TINY:-0}" = 1 ]; then
-  timeout 240 python3 benchmarks/bench_curate.py --images 64 --rows 10000 --json "$OUT/curate.json" 2>&1 | tail -1
+  timeout 240 python3 benchmarks/bench_curate.py --images 64 --rows 10000 --json "$OUT/curate.jsonl" 2>&1 | tail -1
 else
-  timeout 240 python3 benchmarks/bench_curate.py --so400m --batch 256 --json "$OUT/curate.json" 2>&1 | tail -1
+  timeout 240 python3 benchmarks/bench_curate.py --so400m --batch 256 --json "$OUT/curate.jsonl" 2>&1 | tail -1
 fi
 python3 benchmarks/summarize.py "$OUT" | tee "$OUT/table.md"
