@@ -14,7 +14,6 @@ import json
 import logging as std_logging
 import math
 import os
-import shutil
 import sys
 import tarfile
 
@@ -25,6 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from oq2vl_jax import parallel
+from oq2vl_jax.data import demo_setup
 from oq2vl_jax.errors import UserError
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,40 +43,10 @@ def define_flags() -> dict:
     }
 
 ATTRIBUTES = ("colour", "shape", "position")
-DEMO_PATHS_FILE = "paths.json"
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Demo data and the held-out attribute score
-
-
-def prepare_demo_data(config, workdir: str) -> dict:
-    """Writes the demo dataset once (atomically) and points config.data at it."""
-    from oq2vl_jax.data import demo
-
-    d = config.demo
-    data_dir = os.path.abspath(d.data_dir or os.path.join(workdir, "demo_data"))
-    marker = os.path.join(data_dir, DEMO_PATHS_FILE)
-    if jax.process_index() == 0 and not os.path.exists(marker):
-        tmp = data_dir + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        logging.info("writing the demo dataset to %s", data_dir)
-        paths = demo.write_demo_dataset(tmp, num_train=int(d.num_train), num_eval=int(d.num_eval),
-                                        image_size=int(config.data.image_size), seed=int(d.seed))
-        paths = {k: os.path.relpath(v, tmp) for k, v in paths.items()}
-        with open(os.path.join(tmp, DEMO_PATHS_FILE), "w") as f:
-            json.dump(paths, f)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        os.replace(tmp, data_dir)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("demo data written")
-    with open(marker) as f:
-        paths = {k: os.path.join(data_dir, v) for k, v in json.load(f).items()}
-    config.data.sources = ({"kind": "webdataset", "path": paths["train"]},)
-    config.data.eval_sources = ({"kind": "webdataset", "path": paths["eval"]},)
-    config.data.tokenizer_dir = paths["tokenizer_dir"]
-    return paths
 
 
 def _read_shard_images(shard_dir: str) -> dict[str, bytes]:
@@ -258,7 +228,7 @@ def main(argv, flag_values: dict) -> None:
             print(dry_run(config, flag_values["dry_run_devices"].value))
             return
         parallel.initialize_distributed(config.distributed)
-        paths = prepare_demo_data(config, workdir) if "demo" in config else None
+        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
         from oq2vl_jax.training import loop
         result = loop.run(config, workdir)
         if jax.process_index() != 0:

@@ -12,7 +12,6 @@ metadata so a table whose shard changed is detected. Common columns: key, uid, i
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import tarfile
@@ -28,14 +27,9 @@ TABLE_META_KEY = b"oq2vl_shard"
 ROW_COLUMNS = ("key", "uid", "image_offset", "width", "height", "status")
 
 
-def list_shards(pattern: str) -> tuple[str, list[str]]:
-    """(root, sorted relative shard names) for a directory (recursive), one .tar, or a glob of .tar files."""
-    if any(ch in pattern for ch in "*?["):
-        paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if p.endswith(".tar"))
-        if not paths:
-            raise UserError(f"shards: no .tar file matches {pattern!r}")
-        root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-        return root, [os.path.relpath(os.path.abspath(p), root) for p in paths]
+def list_shards(pattern) -> tuple[str, list[str]]:
+    """(root, sorted relative shard names): a directory, one .tar, a glob, a brace range or a list of them, exactly
+    as a webdataset source reads them (data/shard_paths.py)."""
     return webdataset.list_shards(pattern)
 
 
@@ -88,7 +82,9 @@ def iter_samples(path: str, want_image: bool = True) -> Iterator[dict]:
     except (tarfile.TarError, OSError) as e:
         raise UserError(f"shard {path} is not a readable tar: {e}") from None
     with tar:
-        key, members = None, {}
+        # The member index's grouping (data/webdataset.py scan_shard): a key met again after another key, or a
+        # member extension met twice within a sample, starts a duplicate that is skipped (duplicate_key there).
+        key, members, seen, skipping = None, {}, set(), False
         while True:
             try:
                 member = tar.next()
@@ -102,13 +98,18 @@ def iter_samples(path: str, want_image: bool = True) -> Iterator[dict]:
             if parsed is None:
                 continue
             if parsed[0] != key:
-                if key is not None:
+                if key is not None and members:
                     yield _sample(key, members, want_image)
-                key, members = parsed[0], {}
+                key, members, skipping = parsed[0], {}, parsed[0] in seen
+                seen.add(key)
+            elif parsed[1] in members:
+                skipping = True
+            if skipping:
+                continue
             f = tar.extractfile(member)
             data = f.read() if f is not None else b""
-            members.setdefault(parsed[1], (member.offset_data, data))
-        if key is not None:
+            members[parsed[1]] = (member.offset_data, data)
+        if key is not None and members:
             yield _sample(key, members, want_image)
 
 

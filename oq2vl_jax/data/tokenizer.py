@@ -36,8 +36,8 @@ def load_tokenizer(tokenizer_dir: str, model_max_length: int = 4096):
     """Loads a local HF tokenizer directory (offline) and adds the reference's special tokens. Raises UserError."""
     if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
         raise UserError(f"data.tokenizer_dir: {tokenizer_dir!r} is not a directory; point it at a local HF tokenizer "
-                        "directory (tokenizer.json + tokenizer_config.json), e.g. one built by "
-                        "oq2vl_jax.data.demo.build_tiny_tokenizer")
+                        "directory (tokenizer.json + tokenizer_config.json): the LLM's, or one built from your "
+                        "captions with `python -m oq2vl_jax.data.build_tokenizer SHARDS --out DIR`")
     from transformers import AutoTokenizer  # lazy: worker processes never need transformers
 
     try:
