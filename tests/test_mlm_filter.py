@@ -107,3 +107,10 @@ def test_score_tables_in_the_original_layout_feed_select(tmp_path):
     rule = {"mlm": out, "task": "semantic_understanding", "min": 85}
     sel = str(tmp_path / "s.npz")
     assert select.select(root, tables, rule, sel)["selected"] == 3  # samples 0, 1, 7
+
+
+def test_mlm_cli_rejects_unknown_task_before_loading(tmp_path, capsys):
+    from oq2vl_jax.curate.__main__ import main
+    assert main(["mlm", "--ckpt", str(tmp_path), "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--tasks", "semantic_understanding,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err

@@ -6,6 +6,8 @@
   select  --shards PATTERN --tables DIR --rule JSON|FILE --out SEL.npz [--task siglip|keys]
           a selection file; train on it with {"kind": "webdataset", "path": ..., "select": "SEL.npz"}
   reshard --selection SEL.npz --out DIR [--shard-size 10000]     copy the selected samples into new shards
+  mlm     --ckpt PATH --shards PATTERN --out DIR [--tasks a,b] [--batch-size N]
+          MLM-Filter scores from a model our inference API loads: {8 digits}_{task}.parquet per shard
 
 A user mistake prints one `error:` line and exits with status 2.
 """
@@ -49,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--selection", required=True)
     res.add_argument("--out", required=True)
     res.add_argument("--shard-size", type=int, default=10000)
+    mlm = sub.add_parser("mlm", help="MLM-Filter scores through the inference API (original table layout)")
+    mlm.add_argument("--ckpt", required=True, help="oq2vl_jax checkpoint, training workdir or hf-llava directory")
+    mlm.add_argument("--shards", required=True, help="{8 digits}.tar shards: directory, glob or brace range")
+    mlm.add_argument("--out", required=True, help="directory for {8 digits}_{task}.parquet")
+    mlm.add_argument("--tasks", default="image_text_matching,object_detail_fulfillment,caption_text_quality,"
+                                        "semantic_understanding", help="comma-separated metrics")
+    mlm.add_argument("--batch-size", type=int, default=64)
     return parser
 
 
@@ -75,6 +84,16 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "select":
         from oq2vl_jax.curate import select
         return select.select(args.shards, args.tables, _rule(args.rule), args.out, task=args.task)
+    if args.command == "mlm":
+        from oq2vl_jax.curate import mlm_filter, mlm_score
+        tasks = tuple(t for t in args.tasks.split(",") if t)
+        unknown = [t for t in tasks if t not in mlm_filter.TASKS]
+        if unknown:  # before loading a model
+            raise UserError(f"--tasks: unknown MLM-Filter task(s) {unknown}; choose from {list(mlm_filter.TASKS)}")
+        from oq2vl_jax.inference import VLMInference
+        vlm = VLMInference.load(args.ckpt)
+        return mlm_filter.score_shards(mlm_score.inference_generate(vlm, args.batch_size), args.shards, args.out,
+                                       tasks)
     from oq2vl_jax.curate import reshard
     return reshard.reshard(args.selection, args.out, args.shard_size)
 
