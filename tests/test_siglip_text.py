@@ -162,6 +162,6 @@ def test_missing_map_head_is_one_line(tmp_path):
 def test_text_tower_checks_length():
     pair = PAIR_PRESETS["siglip-tiny-pair"]
     assert pair.vision.hidden_act == GELU_TANH
-    model = SiglipPair(pair, ModelOptions(), rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: SiglipPair(pair, ModelOptions(), rngs=nnx.Rngs(0)))  # the check precedes compute
     with pytest.raises(ValueError, match="exactly 16 tokens"):
         model.text(np.zeros((1, 5), np.int32))
