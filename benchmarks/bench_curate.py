@@ -10,7 +10,8 @@
    host decode + resize per CPU-second, so the number of host cores one accelerator needs can be read off.
 3. Selection: --rows synthetic samples in 100 shards (score + key tables written, dummy .tar files for the
    fingerprints), rule {"and": [top 30% of a float score with the seeded tie rule, basic filter]}, wall time of
-   `curate select` (read tables, evaluate, write the selection).
+   `curate select` (read tables, evaluate, write the selection); then that rule united with a DataComp-style uid
+   list of 10% of the rows (parses every row's 128-bit uid).
 """
 
 from __future__ import annotations
@@ -135,8 +136,16 @@ def bench_select(rows: int, tmp: str) -> dict:
     t = time.perf_counter()
     counts = select.select(root, tables, rule, os.path.join(tmp, "sel.npz"))
     wall = time.perf_counter() - t
+    subset = np.sort(np.array([divmod(int(i), 2 ** 64) for i in rng.choice(rows, rows // 10, replace=False)],
+                              "u8,u8"))
+    np.save(os.path.join(tmp, "subset.npy"), subset)
+    t = time.perf_counter()
+    union = select.select(root, tables, {"union": [rule, {"uids": os.path.join(tmp, "subset.npy")}]},
+                          os.path.join(tmp, "sel2.npz"))
+    wall_union = time.perf_counter() - t
     return {"select_rows": rows, "select_selected": counts["selected"], "select_wall_s": round(wall, 2),
-            "selection_file_bytes": os.path.getsize(os.path.join(tmp, "sel.npz"))}
+            "selection_file_bytes": os.path.getsize(os.path.join(tmp, "sel.npz")),
+            "select_union_uids_selected": union["selected"], "select_union_uids_wall_s": round(wall_union, 2)}
 
 
 def main() -> None:

@@ -118,3 +118,17 @@ def test_bad_rules_are_one_line(data, tmp_path):
                         ({"mlm": data[1], "task": "x", "min": 1}, "task must be")):
         with pytest.raises(UserError, match=match):
             select.select(data[0], data[1], rule, str(tmp_path / "s.npz"))
+
+
+def test_uid_pairs_equal_the_originals_divmod():
+    rng = np.random.default_rng(0)
+    uids = [f"{int(rng.integers(0, 2 ** 62)) * 4 + 3:016x}{int(rng.integers(0, 2 ** 62)):016x}" for _ in range(50)]
+    uids += ["F" * 32, "0" * 32, "abc", "not-hex-not-hex-not-hex-not-hex!", "s000001", None, "1" * 40]
+    got = select.uid_pairs(uids)
+    for u, (hi, lo) in zip(uids, got.tolist()):
+        try:
+            want = divmod(int(u, 16), 2 ** 64)
+            want = want if want[0] < 2 ** 64 else (0, 0)
+        except (TypeError, ValueError):
+            want = (0, 0)
+        assert (hi, lo) == want, u

@@ -42,12 +42,14 @@ TIE_SEED = 42  # the original: random.seed(42) at import of apply_filter.py
 
 
 class Rows:
-    """All samples of the shards: per-row shard id, image offset, uid (as (hi, lo) uint64), size, status."""
+    """All samples of the shards: per-row shard id, image offset, size and status; keys and uids stay Arrow arrays
+    (uids are parsed to (hi, lo) pairs only when a rule needs them)."""
 
     def __init__(self, root: str, shards: list[str], tables_dir: str, task: str):
+        import pyarrow.compute as pc
         self.root, self.shards, self.tables_dir, self.task = root, shards, tables_dir, task
-        cols = {c: [] for c in ("shard", "key", "uid", "image_offset", "width", "height", "status")}
-        self.fingerprints = []
+        self.fingerprints, self._keys, self._uids = [], [], []
+        parts = {c: [] for c in ("shard", "image_offset", "width", "height", "success")}
         for i, shard in enumerate(shards):
             path = shards_lib.table_path(tables_dir, shard, task)
             if not os.path.isfile(path):
@@ -58,44 +60,70 @@ class Rows:
                 raise UserError(f"table {path} is stale: shard '{shard}' changed since it was written; recompute it")
             self.fingerprints.append(fingerprint)
             t = shards_lib.read_table(path, ["key", "uid", "image_offset", "width", "height", "status"])
-            n = t.num_rows
-            cols["shard"].append(np.full(n, i, np.int32))
-            for c in ("key", "uid", "status"):
-                cols[c].append(np.asarray(t.column(c).to_pylist(), dtype=object))
+            parts["shard"].append(np.full(t.num_rows, i, np.int32))
             for c in ("image_offset", "width", "height"):
-                cols[c].append(t.column(c).to_numpy().astype(np.int64))
-        for c, parts in cols.items():
-            setattr(self, c, np.concatenate(parts) if parts else np.zeros(0, object))
-        self.uid_pairs = uid_pairs(self.uid)
+                parts[c].append(t.column(c).to_numpy().astype(np.int64))
+            parts["success"].append(pc.equal(t.column("status"), "success").to_numpy(zero_copy_only=False))
+            self._keys.append(t.column("key"))
+            self._uids.append(t.column("uid"))
+        for c, chunks in parts.items():
+            setattr(self, c, np.concatenate(chunks) if chunks else np.zeros(0, np.int64))
+        self.success = self.success.astype(bool)
+        self._uid_pairs = None
 
     def __len__(self) -> int:
         return len(self.shard)
 
+    @property
+    def uid_pairs(self) -> np.ndarray:
+        if self._uid_pairs is None:
+            self._uid_pairs = np.concatenate([uid_pairs(u) for u in self._uids]) if self._uids else \
+                np.zeros(0, "u8,u8")
+        return self._uid_pairs
+
     def table_column(self, task: str, column: str = "score") -> np.ndarray:
         out = []
-        for shard, key_part in zip(self.shards, np.split(self.key, np.cumsum(np.bincount(
-                self.shard, minlength=len(self.shards)))[:-1])):
+        for shard, keys in zip(self.shards, self._keys):
             path = shards_lib.table_path(self.tables_dir, shard, task)
             if not os.path.isfile(path):
                 raise UserError(f"rule table {task!r}: {path} is missing")
             if shards_lib.table_fingerprint(path) != shard_fingerprint(self.root, shard):
                 raise UserError(f"table {path} is stale: shard '{shard}' changed since it was written")
             t = shards_lib.read_table(path, ["key", column])
-            keys = t.column("key").to_pylist()
-            if keys != list(key_part):
+            if not t.column("key").equals(keys):
                 raise UserError(f"table {path} lists other samples than the {self.task!r} table of the same shard")
-            out.append(t.column(column).to_numpy(zero_copy_only=False).astype(np.float64))
+            out.append(t.column(column).to_numpy().astype(np.float64))
         return np.concatenate(out) if out else np.zeros(0)
 
 
+_HEX = np.full(256, 255, np.uint8)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+_NIBBLE_WEIGHTS = (np.uint64(16) ** np.arange(15, -1, -1, dtype=np.uint64)).astype(np.uint64)
+
+
 def uid_pairs(uids) -> np.ndarray:
-    """128-bit hex uids -> structured (hi, lo) "u8,u8" as the original's `divmod(int(uid, 16), 2**64)`; uids that
-    are not hex (our key fallback) map to (0, 0), which no DataComp subset lists."""
+    """128-bit hex uids -> structured (hi, lo) "u8,u8", the original's `divmod(int(uid, 16), 2**64)`; uids that
+    are not hex (our key fallback) map to (0, 0), which no DataComp subset lists. 32-digit uids (DataComp's) are
+    parsed vectorised; others one by one."""
+    uids = uids.to_pylist() if hasattr(uids, "to_pylist") else list(uids)
     out = np.zeros(len(uids), "u8,u8")
-    for i, uid in enumerate(uids):
+    fixed = np.array([isinstance(u, str) and len(u) == 32 and u.isascii() for u in uids], bool)
+    if fixed.any():
+        raw = np.frombuffer("".join(u for u, f in zip(uids, fixed) if f).encode("ascii"), np.uint8)
+        digits = _HEX[raw].reshape(-1, 32)
+        ok = (digits != 255).all(axis=1)
+        d = digits.astype(np.uint64)
+        hi, lo = (d[:, :16] * _NIBBLE_WEIGHTS).sum(axis=1, dtype=np.uint64), \
+            (d[:, 16:] * _NIBBLE_WEIGHTS).sum(axis=1, dtype=np.uint64)
+        where = np.nonzero(fixed)[0]
+        out["f0"][where[ok]], out["f1"][where[ok]] = hi[ok], lo[ok]
+        fixed[where[~ok]] = False  # not hex: tried one by one below (and rejected there)
+    for i in np.nonzero(~fixed)[0]:
         try:
-            out[i] = divmod(int(uid, 16), 2 ** 64)
-        except (TypeError, ValueError):
+            out[i] = divmod(int(uids[i], 16), 2 ** 64)
+        except (TypeError, ValueError, OverflowError):
             pass
     return out
 
@@ -201,7 +229,7 @@ def mask_for(rule: Any, rows: Rows) -> np.ndarray:
         small, large = np.minimum(w, h), np.maximum(w, h)
         with np.errstate(divide="ignore", invalid="ignore"):
             aspect = np.where(small > 0, large / np.where(small > 0, small, 1), np.inf)
-        keep = rows.status == "success"
+        keep = rows.success.copy()
         keep &= small >= float(b.get("min_side", 10))
         keep &= aspect <= float(b.get("max_aspect", 4))
         return keep
