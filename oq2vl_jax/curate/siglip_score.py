@@ -105,30 +105,45 @@ class Scorer:
         except images_lib.BadImage:
             return None
 
-    def score_batch(self, pixels: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
-        """uint8 [n <= batch, S, S, 3], int32 [n, L] -> float32 [n] (padded to the batch size, then cut)."""
-        n = len(pixels)
-        pad = self.batch_size - n
+    def _dispatch(self, pixels: np.ndarray, token_ids: np.ndarray):
+        """Starts one step (asynchronously) on [n <= batch] pairs, padded to the batch size."""
+        pad = self.batch_size - len(pixels)
         if pad:
             pixels = np.concatenate([pixels, np.zeros((pad,) + pixels.shape[1:], pixels.dtype)])
             token_ids = np.concatenate([token_ids, np.zeros((pad,) + token_ids.shape[1:], token_ids.dtype)])
-        out = self._score(self.state, jax.device_put(pixels, self.batch_sharding),
-                          jax.device_put(token_ids, self.batch_sharding))
-        return np.asarray(out)[:n]
+        return self._score(self.state, jax.device_put(pixels, self.batch_sharding),
+                           jax.device_put(token_ids, self.batch_sharding))
 
-    def score_shard(self, path: str, pool: concurrent.futures.Executor) -> tuple[list[dict], np.ndarray]:
+    def score_batch(self, pixels: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+        """uint8 [n <= batch, S, S, 3], int32 [n, L] -> float32 [n]."""
+        return np.asarray(self._dispatch(pixels, token_ids))[:len(pixels)]
+
+    def prepare(self, path: str, pool: concurrent.futures.Executor) -> tuple[list[dict], list]:
+        """Host side of one shard: read the tar, decode + resize every image (in `pool`)."""
         samples = list(shards_lib.iter_samples(path))
         pixels = list(pool.map(self._pixels, samples))
+        for s, p in zip(samples, pixels):
+            s["image"] = s["members"] = None  # the bytes are no longer needed
+            if p is None and s["status"] == "success":
+                s["status"] = "image_corrupt"
+        return samples, pixels
+
+    def score_prepared(self, samples: list[dict], pixels: list) -> np.ndarray:
+        """Device side: every batch is dispatched before any result is read, so steps queue back to back."""
         scores = np.full(len(samples), np.nan, np.float32)
         good = [i for i, p in enumerate(pixels) if p is not None]
+        pending = []
         for k in range(0, len(good), self.batch_size):
             idx = good[k:k + self.batch_size]
             ids = self.tokenizer([samples[i]["caption"] for i in idx])
-            scores[idx] = self.score_batch(np.stack([pixels[i] for i in idx]), ids)
-        for i, p in enumerate(pixels):
-            if p is None and samples[i]["status"] == "success":
-                samples[i]["status"] = "image_corrupt"
-        return samples, scores
+            pending.append((idx, self._dispatch(np.stack([pixels[i] for i in idx]), ids)))
+        for idx, out in pending:
+            scores[idx] = np.asarray(out)[:len(idx)]
+        return scores
+
+    def score_shard(self, path: str, pool: concurrent.futures.Executor) -> tuple[list[dict], np.ndarray]:
+        samples, pixels = self.prepare(path, pool)
+        return samples, self.score_prepared(samples, pixels)
 
 
 def score_shards(model_path: str, shards_pattern: str, out_dir: str, *, task: str = DEFAULT_TASK,
@@ -147,10 +162,18 @@ def score_shards(model_path: str, shards_pattern: str, out_dir: str, *, task: st
     scorer = Scorer.from_path(model_path, tokenizer_dir=tokenizer_dir, vision_heads=vision_heads,
                               batch_size=batch_size, compute_dtype=compute_dtype)
     start = time.time()
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    # The next shard is read and decoded (prefetch thread + decode pool) while the current one is on the devices.
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool, \
+            concurrent.futures.ThreadPoolExecutor(1) as prefetch:
+        def prepare(shard: str):  # the fingerprint is taken before the bytes are read, so a change is never hidden
+            return shard_fingerprint(root, shard), scorer.prepare(os.path.join(root, shard), pool)
+
+        upcoming = prefetch.submit(prepare, todo[0])
         for n, shard in enumerate(todo):
-            fingerprint = shard_fingerprint(root, shard)
-            samples, scores = scorer.score_shard(os.path.join(root, shard), pool)
+            fingerprint, (samples, pixels) = upcoming.result()
+            if n + 1 < len(todo):
+                upcoming = prefetch.submit(prepare, todo[n + 1])
+            scores = scorer.score_prepared(samples, pixels)
             columns = shards_lib.row_columns(samples)
             columns["score"] = scores
             shards_lib.write_table(shards_lib.table_path(out_dir, shard, task), columns, fingerprint,
