@@ -92,7 +92,7 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
     if model is None:
         from oq2vl_jax.evals.model import load_model
 
-        model = load_model(args.ckpt, batch=args.batch)
+        model = load_model(args.ckpt)
         process_index, process_count, barrier = model.process_index, model.process_count, model.barrier
     summary = {"run": run, "tasks": {}}
     records_by_task = {}
@@ -110,10 +110,16 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
     return summary
 
 
+class _QuietLibraries(std_logging.Filter):
+    """Keeps our INFO lines and every library's warnings; drops library INFO chatter (orbax logs each restore)."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    for name in ("jax", "orbax", "absl"):
-        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    std_logging.getLogger("absl").addFilter(_QuietLibraries())
     logging.set_verbosity(logging.INFO)
     try:
         if argv[:1] == ["compare"]:

@@ -96,7 +96,7 @@ def write_mmstar(root: str):
     outputs = {"0": {"answer": "B"},                                   # right, right
                "1": {"answer": "The answer is D because A is wrong"},  # strict: two letters, "answer is D" -> D
                "2": {"answer": "Answer: C"},                           # right, right
-               "3": {"answer": "a"}}                                   # lower case: strict none; reference "A" in "a" no
+               "3": {"answer": "a"}}  # lower case: strict finds no answer; reference: "A" in "a" is false
     return outputs, {"strict": 75.0, "reference": 75.0}
 
 
@@ -210,7 +210,7 @@ def write_mathvista(root: str):
                  question_type="multi_choice", answer_type="text", decoded_image={"bytes": png(), "path": None})]
     _parquet(os.path.join(d, "testmini.parquet"), rows)
     _write(os.path.join(d, "images", "1.jpg"), png())  # 2.jpg absent: item 4 uses decoded_image
-    outputs = {"1": {"answer": "B"},                  # strict: letter -> "4" right; reference: "b" vs gold letter B right
+    outputs = {"1": {"answer": "B"},  # strict: letter -> "4" right; reference: "b" vs the gold letter B right
                "2": {"answer": "7"},                  # both right
                "3": {"answer": "The answer is 2.5"},  # strict: no rule applies, float() fails -> wrong; reference right
                "4": {"answer": "bluee"}}              # strict: nearest option "blue" right; reference vs "B" wrong

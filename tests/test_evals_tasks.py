@@ -1,8 +1,6 @@
 """Every task on its fixture in the published layout: loading, prompts, and strict / reference scores of scripted
 outputs against the hand-computed numbers in eval_fixtures.py."""
 
-import random
-
 import pytest
 
 from eval_fixtures import WRITERS, write_mmbench
@@ -59,8 +57,9 @@ def test_mmbench_reference_prompt_as_written(tmp_path):
     assert ref.max_new_tokens == 16 and ref.stop == (".", ",", "\n")
     chat = task.requests(items["1"], "chat")["answer"]
     assert chat.template == "chat" and chat.prompt.startswith("<image>\nLook closely.")
-    assert prompts.display(chat) == ("<s><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
-                           "Look closely.\nWhich animal?\nA. cat\nB. dog\nAnswer with the option's letter from the "
+    assert prompts.display(chat) == ("<s><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                     "<|im_start|>user\n<image>\nLook closely.\nWhich animal?\nA. cat\nB. dog\n"
+                                     "Answer with the option's letter from the "
                            "given choices directly.<|im_end|>assistant\n")
 
 

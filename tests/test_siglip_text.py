@@ -12,7 +12,7 @@ from flax import nnx
 from convert_fixtures import (VISION, assert_trees_equal, big_vision_from_hf, save_torch_state,
                               timm_state_from_hf)
 from model_fixtures import randomize_
-from oq2vl_jax.convert import siglip_pair
+from oq2vl_jax.pretrained import siglip_pair
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models import params as P
 from oq2vl_jax.models.presets import GELU_EXACT, GELU_TANH, PAIR_PRESETS, ModelOptions

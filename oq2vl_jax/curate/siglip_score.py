@@ -24,7 +24,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from oq2vl_jax.convert import siglip_pair
+from oq2vl_jax.pretrained import siglip_pair
 from oq2vl_jax.curate import shards as shards_lib
 from oq2vl_jax.data import images as images_lib
 from oq2vl_jax.data.selection import shard_fingerprint

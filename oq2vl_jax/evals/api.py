@@ -31,10 +31,10 @@ class Request:
 
     `template` "base": `prompt` is the whole text and the model prepends only its BOS (the original's
     `generate_batch` always prepends one `<s>`). `template` "chat": `prompt` is the user message and the model
-    renders it in the SFT chat format with the generation prompt (`oq2vl_jax.data.chat`, "open_qwen2vl"). For `generate`,
-    decoding is greedy; it ends after `max_new_tokens` or after the first generated token whose text is one of
-    `stop` (that token is kept, as Hugging Face keeps an EOS it stopped on) or at the model's EOS; the text is decoded
-    without special tokens and stripped. For `score`, `candidates` are strings that must be single tokens; the model
+    renders it in the SFT chat format with the generation prompt (`oq2vl_jax.data.chat`, "open_qwen2vl").
+    For `generate`, decoding is greedy; it ends after `max_new_tokens`, after the first generated token whose text is
+    one of `stop` (that token is kept, as Hugging Face keeps an EOS it stopped on), or at the model's EOS; the text is
+    decoded without special tokens and stripped. For `score`, `candidates` are strings that must be single tokens; the model
     returns their first-step probabilities renormalised over the candidates.
     """
     prompt: str

@@ -104,7 +104,8 @@ class MathVista(Task):
     def requests(self, item, style):
         f = item.fields
         if style == "chat":
-            return {"answer": prompts.request(style, f"<image>\n{f['query']}", item.images, chat_max_new_tokens=64)}
+            query = f["query"] or f["question"]  # the published rows all carry a query
+            return {"answer": prompts.request(style, f"<image>\n{query}", item.images, chat_max_new_tokens=64)}
         text = "<image>\n" + f["question"]
         if f["question_type"] == "multi_choice":
             text += "".join(f"\n{chr(65 + j)}. {c}" for j, c in enumerate(f["choices"])) + prompts.LETTER_SUFFIX

@@ -4,9 +4,10 @@ rotated-option copies).
 Layout: DIR/mmbench/dev.parquet (lmms-lab/MMBench_EN `data/dev-*.parquet`, the original harness's download) or
 DIR/mmbench/MMBench_DEV_EN.tsv (VLMEvalKit, base64 `image`). Columns: index, question, hint, A..D, answer (letter),
 category, image.
-Reference prompt (`vlm-evaluation/.../harnesses/mmbench.py:46-54`): "<image>\\n{question}\\nA. {A}\\n...D. {D}" (all four
-letters, a missing option prints as "None"; the hint is not used) + "\\nAnswer with the option's letter from the given
-choices directly.\\nAnswer:". Reference score (`mmbench.py:328-331`): `answer.lower() in output.lower()`, per row.
+Reference prompt (`vlm-evaluation/.../harnesses/mmbench.py:46-54`): "<image>\\n{question}\\nA. {A}\\n...D. {D}" (all
+four letters, a missing option prints as "None"; the hint is not used) + "\\nAnswer with the option's letter from the
+given choices directly.\\nAnswer:". Reference score (`mmbench.py:328-331`): `answer.lower() in output.lower()`, per
+row.
 Chat prompt: "<image>\\n" + hint + question + existing options + the letter instruction (lmms-eval's order).
 Strict score: letter extraction (`choice.py`); circular evaluation when rotated copies are present (rows grouped by
 `index % 1,000,000`; a group counts only if every copy is right; VLMEvalKit), else per row.

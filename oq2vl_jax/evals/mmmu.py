@@ -3,10 +3,10 @@
 Layout (the original harness's download name): DIR/mmmu/val.parquet (lmms-lab/MMMU `data/validation-*.parquet`;
 columns id, question, options (a Python list literal), answer, question_type multiple-choice|open, subfield,
 image_1..image_7).
-Reference prompt (`harnesses/mmmu.py:47-63`): "The following are multiple choice questions about{ subfield words}.\\n\\n"
-+ question + ("\\nA. ..." + "\\nAnswer with the option's letter from the given choices directly.\\nAnswer:" for
-multiple choice, "\\nAnswer the question using a single word or phrase.\\nAnswer:" for open), every "<image N>" ->
-"<image>\\n"; images 1-5, cycled when the prompt refers to more (`mmmu.py:178-208`).
+Reference prompt (`harnesses/mmmu.py:47-63`): "The following are multiple choice questions about{ subfield
+words}.\\n\\n" + question + ("\\nA. ..." + "\\nAnswer with the option's letter from the given choices
+directly.\\nAnswer:" for multiple choice, "\\nAnswer the question using a single word or phrase.\\nAnswer:" for open),
+every "<image N>" -> "<image>\\n"; images 1-5, cycled when the prompt refers to more (`mmmu.py:178-208`).
 Chat prompt: the question (markers replaced the same way), options, and the letter / short-answer instruction.
 Reference score: the harness's copy of MMMU's parsing (`mmmu_parse.py`, variant "harness"); strict score: the MMMU
 repository's parsing (variant "official"); both seed the random guess per item. Category: the subject (from the id).

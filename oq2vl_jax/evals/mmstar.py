@@ -1,7 +1,8 @@
 """MMStar (val, 1,500 questions).
 
-Layout: DIR/mmstar/test.parquet (Lin-Chen/MMStar `mmstar.parquet`, named as the original harness downloads it; columns index, question (options inside it, "Options: A: ...,
-B: ..."), image (raw bytes or {bytes}), answer (letter), category, l2_category).
+Layout: DIR/mmstar/test.parquet (Lin-Chen/MMStar `mmstar.parquet`, named as the original harness downloads it;
+columns index, question (options inside it, "Options: A: ..., B: ..."), image (raw bytes or {bytes}), answer
+(letter), category, l2_category).
 Reference prompt (`harnesses/mmstar.py:173`): "<image>\\nQuestion: {question}\\nAnswer with the option's letter from
 the given choices directly.\\nAnswer:"; reference score `answer in output` (case-sensitive, `mmstar.py:311-314`).
 Chat prompt: "<image>\\n{question}" + the letter instruction. Strict score: letter extraction over A-D with the option

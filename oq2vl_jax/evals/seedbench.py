@@ -1,10 +1,11 @@
 """SEED-Bench, image subset (14,233 questions with data_type "image" in the original harness).
 
-Layout: DIR/seedbench/test.json (AILab-CVC/SEED-Bench `SEED-Bench.json`, named as the original harness downloads it; {"questions": [{question_id, question, choice_a..d,
-answer, data_id, data_type, question_type_id}], "question_type": {name: id}}) and the images
-DIR/seedbench/images/{data_id} (the unzipped SEED-Bench-image.zip).
-Reference prompt (`harnesses/seedbench.py:47-55`): "<image>\\n{question}\\nA. {choice_a}...\\nD. {choice_d}\\nAnswer with
-the option's letter from the given choices directly.\\nAnswer:"; reference score `answer.lower() in output.lower()`.
+Layout: DIR/seedbench/test.json (AILab-CVC/SEED-Bench `SEED-Bench.json`, named as the original harness downloads it;
+{"questions": [{question_id, question, choice_a..d, answer, data_id, data_type, question_type_id}], "question_type":
+{name: id}}) and the images DIR/seedbench/images/{data_id} (the unzipped SEED-Bench-image.zip).
+Reference prompt (`harnesses/seedbench.py:47-55`): "<image>\\n{question}\\nA. {choice_a}...\\nD. {choice_d}\\nAnswer
+with the option's letter from the given choices directly.\\nAnswer:"; reference score `answer.lower() in
+output.lower()`.
 Chat prompt: the same question and options with the letter instruction, in the chat template.
 Strict score: letter extraction (`choice.py`). Category: the question type name.
 """

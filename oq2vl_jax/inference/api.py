@@ -66,11 +66,12 @@ class VLMInference:
     """A loaded model + tokenizer on a mesh. Build with `load` (or the constructor with a parameter tree)."""
 
     def __init__(self, config: VLMConfig, params: dict, tokenizer_dir: str, *, devices=None, tensor_parallel: int = 1,
-                 compute_dtype: str | None = None, attention: str = "auto"):
+                 compute_dtype: str | None = None, attention: str = "auto",
+                 chat_format: str = prompt_lib.DEFAULT_CHAT_FORMAT):
         devices = list(devices or jax.devices())
         if compute_dtype is None:
             compute_dtype = "float32" if devices[0].platform == "cpu" else "bfloat16"
-        self.config = config
+        self.config, self.chat_format = config, chat_format
         self.options = ModelOptions(compute_dtype=compute_dtype, attention=attention)
         self.tokenizer = tok_lib.load_tokenizer(tokenizer_dir)
         self.encoder = tok_lib.TextEncoder.from_tokenizer(self.tokenizer)
@@ -130,7 +131,8 @@ class VLMInference:
     def prompts(self, requests: Sequence[Any], template: str) -> list[prompt_lib.Prompt]:
         return [prompt_lib.build_prompt(r, self.encoder, template=template,
                                         tokens_per_image=self.config.tokens_per_image,
-                                        image_size=self.config.vision.image_size, where=f"request {i}")
+                                        image_size=self.config.vision.image_size, chat_format=self.chat_format,
+                                        where=f"request {i}")
                 for i, r in enumerate(requests)]
 
     def _run(self, fn, *args):

@@ -10,8 +10,8 @@ Templates:
   base  the pre-training layout `<s> [image] \\n text` (data/tokenizer.py `caption_document` without its caption and
         `<|im_end|>`); several images: `<s> [image] \\n [image] \\n text`; no image: `<s> text`. With an empty text
         the model continues a caption.
-  chat  the SFT conversation layout with the generation prompt (`oq2vl_jax.data.chat.generation_prompt`); images
-        go before the first user text.
+  chat  the SFT conversation layout with the generation prompt (`oq2vl_jax.data.chat.generation_prompt`, format
+        "open_qwen2vl" unless another is named); images go before the first user text.
 
 Images are decoded and squash-resized exactly as in training (`data/images.py`: PIL-exact bicubic to the tower's
 size); normalisation happens on device (`models/vlm.py`).
@@ -30,7 +30,7 @@ from oq2vl_jax.data import tokenizer as tok_lib
 from oq2vl_jax.errors import UserError
 
 TEMPLATES = ("base", "chat")
-CHAT_FORMAT = "original"  # the reference's SFT template (the one the exported chat template writes)
+DEFAULT_CHAT_FORMAT = "open_qwen2vl"  # the reference's SFT template (the one the hf-llava export's template writes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,15 +118,19 @@ def _count_image_parts(messages: Sequence[Mapping]) -> int:
     return sum(1 for m in messages if isinstance(m["content"], list) for p in m["content"] if p.get("type") == "image")
 
 
-def chat_document(encoder: tok_lib.TextEncoder, messages: list[dict],
-                  tokens_per_image: int) -> tok_lib.DocumentLayout:
+def chat_document(encoder: tok_lib.TextEncoder, messages: list[dict], tokens_per_image: int,
+                  chat_format: str = DEFAULT_CHAT_FORMAT, where: str = "request") -> tok_lib.DocumentLayout:
     from oq2vl_jax.data import chat
 
-    return chat.generation_prompt(messages, CHAT_FORMAT, encoder=encoder, tokens_per_image=tokens_per_image)
+    chat.check_chat_format(chat_format, "chat_format")
+    try:
+        return chat.generation_prompt(messages, chat_format, encoder, tokens_per_image)
+    except chat.ConversationError as e:
+        raise UserError(f"{where}: {e}") from e
 
 
 def build_prompt(request: Any, encoder: tok_lib.TextEncoder, *, template: str, tokens_per_image: int,
-                 image_size: int, where: str = "request") -> Prompt:
+                 image_size: int, chat_format: str = DEFAULT_CHAT_FORMAT, where: str = "request") -> Prompt:
     if template not in TEMPLATES:
         raise UserError(f"unknown template '{template}'; choose one of {TEMPLATES}")
     if isinstance(request, str):
@@ -143,7 +147,7 @@ def build_prompt(request: Any, encoder: tok_lib.TextEncoder, *, template: str, t
             raise UserError(f"{where}: 'messages' needs --template chat; the base template takes 'text'")
         doc = base_document(encoder, str(request.get("text", "")), len(pixels), tokens_per_image)
     else:
-        doc = chat_document(encoder, chat_messages(request, len(pixels)), tokens_per_image)
+        doc = chat_document(encoder, chat_messages(request, len(pixels)), tokens_per_image, chat_format, where)
     if doc.num_images != len(pixels):
         raise UserError(f"{where}: the prompt has {doc.num_images} image slot(s) for {len(pixels)} image(s)")
     return Prompt(doc, pixels)

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from oq2vl_jax.convert import big_vision, hf, importer, tensor_files
+from oq2vl_jax.pretrained import big_vision, hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_EXACT, GELU_TANH, SiglipPairConfig, SiglipTextConfig
 
