@@ -154,7 +154,7 @@ def _mlm_mask(rows: Rows, rule: dict) -> np.ndarray:
     task = rule.get("task")
     if task not in mlm_filter.TASKS:
         raise UserError(f"mlm rule: task must be one of {list(mlm_filter.TASKS)}, got {task!r}")
-    paths = sorted(p for p in glob.glob(os.path.join(rule["mlm"], "*.parquet"))
+    paths = sorted(p for p in glob.glob(os.path.join(rule["mlm"], "**", "*.parquet"), recursive=True)
                    if re.fullmatch(rf"\d{{8}}_{task}\.parquet", os.path.basename(p)))
     if not paths:
         raise UserError(f"mlm rule: no {{8 digits}}_{task}.parquet files in {rule['mlm']}")
