@@ -4,7 +4,8 @@ held-out attribute scorer.
 `config.evals` is a tuple of spec strings, `NAME[:key=value,...]`, overridable on the command line, e.g.
 `--config.evals='("demo:limit=32,every=100", "demo_attributes")'`:
 
-  NAME      a task of `python -m oq2vl_jax.evaluate` (evals/registry.py), or "demo_attributes"
+  NAME      a task of `python -m oq2vl_jax.evaluate` (evals/registry.py), or "demo_attributes" (the demo config's
+            held-out attribute score, evals/demo_attributes.py; off with --config.demo.score_attributes=False)
   every     run every N steps (default: config.train.eval_every; 0 = only at the end of training)
   limit     the first N items (default 64; 0 = all)
   data      the benchmark directory (default: the demo data directory for the demo tasks)
@@ -117,6 +118,9 @@ class TrainingEvaluators:
     @classmethod
     def from_config(cls, config, workdir: str, model_config, tokenizer_dir: str) -> "TrainingEvaluators | None":
         specs = parse_specs(tuple(config.get("evals", ()) or ()))
+        demo = config.get("demo") or {}
+        if not demo.get("score_attributes", True):  # --config.demo.score_attributes=False turns this one off
+            specs = [s for s in specs if s.name != ATTRIBUTES]
         if not specs:
             return None
         import jax
@@ -126,7 +130,6 @@ class TrainingEvaluators:
                             "`python -m oq2vl_jax.evaluate` instead")
         if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
             raise UserError("config.evals needs the run's tokenizer (data.tokenizer_dir or the checkpoint's)")
-        demo = config.get("demo") or {}
         demo_dir = os.path.abspath(os.path.expanduser(demo.get("data_dir") or os.path.join(workdir, "demo_data")))
         for s in specs:
             if s.name == ATTRIBUTES and "demo" not in config:
