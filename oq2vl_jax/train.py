@@ -6,24 +6,30 @@ colour, shape and position of held-out images (oq2vl_jax/evals/demo_attributes.p
 
 `--dry_run` builds the abstract train state and its shardings on a simulated device count and prints per-device
 memory estimates (oq2vl_jax/training/dry_run.py).
+
+A mistake in the flags or the config (a missing config file, an unknown or mistyped field, a bad value, an unusable
+workdir) prints one `error:` line and exits with status 2 before anything is compiled. SIGTERM and Ctrl-C stop after
+the current step with a checkpoint (training/stop.py); their handlers are installed first, before the slow imports.
 """
 
-from __future__ import annotations
+if __name__ == "__main__":  # before anything slow, so a signal during start-up is kept, not fatal
+    from oq2vl_jax.training.stop import StopSignal
+    _STOP = StopSignal().install()
 
-import json
-import logging as std_logging
-import os
-import sys
+import json  # noqa: E402
+import logging as std_logging  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from oq2vl_jax import parallel
-from oq2vl_jax.data import demo_setup
-from oq2vl_jax.errors import UserError
+from oq2vl_jax.errors import UserError  # noqa: E402
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def define_flags() -> dict:
@@ -39,6 +45,51 @@ def define_flags() -> dict:
     }
 
 
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The last value given for --name (absl: the last one wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+    """One line for a flag / config mistake that ml_collections reports as a traceback."""
+    text = " ".join(str(e).replace("\\n", " ").split())
+    suggestion = re.search(r'Did you mean "([^"]+)"', str(e))
+    unknown = re.search(r"'([^'\\]+)", str(e))
+    if isinstance(e, (AttributeError, KeyError)) and unknown:
+        key = unknown.group(1)
+        arg = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                    and key in a.split("=", 1)[0].split(".")), f"--config.*.{key}")
+        return (f"{arg}: the config has no field '{key}'"
+                + (f'; did you mean "{suggestion.group(1)}"?' if suggestion else "; see configs/base.py for the fields"))
+    return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every mistake as one `error:` line and exit status 2."""
+    config_path = _flag_value(argv[1:], "config")
+    if config_path is not None and not os.path.isfile(config_path.split(":", 1)[0]):
+        _exit_user_error(f"--config {config_path}: no such config file (the configs are in {_REPO}/configs/*.py)")
+    try:
+        rest = flags.FLAGS(argv)
+        flags.FLAGS["config"].value.keys()  # a config that failed to load raises on first use: make it here
+    except flags.Error as e:
+        _exit_user_error(" ".join(str(e).split()))
+    except Exception as e:  # ml_collections: a config file that fails, an unknown field, a type it cannot take
+        _exit_user_error(_flag_error(e, argv[1:]))
+    return rest
+
+
+def _exit_user_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
 class _QuietLibraries(std_logging.Filter):
     """Keeps our INFO lines and every library's warnings; drops library INFO chatter (orbax logs each save)."""
 
@@ -47,6 +98,8 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def _score_demo(config, result, paths: dict, workdir: str) -> None:
+    import jax
+
     from oq2vl_jax.evals import demo_attributes
 
     params = jax.device_get(dict(result.state.trainable) | dict(result.state.frozen))
@@ -60,7 +113,40 @@ def _score_demo(config, result, paths: dict, workdir: str) -> None:
         json.dump(scores, f, indent=2)
 
 
-def main(argv, flag_values: dict) -> None:
+def train(config, workdir: str, stop) -> None:
+    from oq2vl_jax.training import checks
+    from oq2vl_jax.training import workdir as workdir_lib
+
+    checks.check_fields(config)  # before the slow imports: a mistake costs a second
+    workdir = workdir_lib.check_workdir(workdir)
+
+    import jax
+
+    from oq2vl_jax import parallel
+    from oq2vl_jax.data import demo_setup
+    from oq2vl_jax.training import loop, setup
+
+    parallel.initialize_distributed(config.distributed)
+    setup.validate_config(config, parallel.build_mesh(config.mesh, jax.devices()), check_paths=False)
+    with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
+        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
+        if stop is not None and stop.received and jax.process_count() == 1:
+            print(f"stopped by {stop.received.upper()} during start-up: nothing trained, nothing saved")
+            return
+        result = loop.run(config, workdir, stop=stop)
+    if jax.process_index() != 0:
+        return
+    print(f"steps {result.start_step} -> {result.last_step} ({result.stopped_by}); first loss "
+          f"{_fmt(result.first_loss)}, final loss {_fmt(result.last_loss)}"
+          + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""))
+    if result.last_step > 0:
+        print(f"checkpoint: {result.checkpoint_dir}/{result.last_step}")
+    scorable = jax.process_count() == 1 and result.stopped_by in ("num_steps", "data_exhausted")  # one host only
+    if paths is not None and config.demo.score_attributes and scorable:
+        _score_demo(config, result, paths, workdir)
+
+
+def main(argv, flag_values: dict, stop=None) -> None:
     del argv
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config, workdir = flag_values["config"].value, os.path.abspath(flag_values["workdir"].value)
@@ -69,22 +155,13 @@ def main(argv, flag_values: dict) -> None:
             from oq2vl_jax.training.dry_run import dry_run
             print(dry_run(config, flag_values["dry_run_devices"].value))
             return
-        parallel.initialize_distributed(config.distributed)
-        from oq2vl_jax.training import loop
-        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
-        result = loop.run(config, workdir)
-        if jax.process_index() != 0:
-            return
-        print(f"steps {result.start_step} -> {result.last_step} ({result.stopped_by}); first loss "
-              f"{_fmt(result.first_loss)}, final loss {_fmt(result.last_loss)}"
-              + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""))
-        print(f"checkpoint: {result.checkpoint_dir}/{result.last_step}")
-        scorable = jax.process_count() == 1 and result.stopped_by != "sigterm"  # the demo runs on one host
-        if paths is not None and config.demo.score_attributes and scorable:
-            _score_demo(config, result, paths, workdir)
+        train(config, workdir, stop)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _exit_user_error(" ".join(str(e).split()))
+    except KeyboardInterrupt:
+        print("error: interrupted (a second Ctrl-C): stopped without a checkpoint for the current step; rerun the "
+              "same command to resume from the last one", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _fmt(x) -> str:
@@ -93,4 +170,4 @@ def _fmt(x) -> str:
 
 if __name__ == "__main__":
     _flags = define_flags()
-    app.run(lambda argv: main(argv, _flags))
+    app.run(lambda argv: main(argv, _flags, _STOP), flags_parser=parse_flags)

@@ -28,7 +28,10 @@ def load_checkpoint(ckpt_dir: str, step: int | None = None) -> tuple[VLMConfig, 
     if extra is None:  # trainer steps do not carry it; the import step of the same run does
         with checkpoint_io.manager(ckpt_dir, async_save=False) as mngr:
             for other in sorted(mngr.all_steps()):
-                extra = checkpoint_io.load_item(ckpt_dir, checkpoint_io.VISION_EXTRA, other)
+                try:
+                    extra = checkpoint_io.load_item(ckpt_dir, checkpoint_io.VISION_EXTRA, other)
+                except checkpoint_io.DamagedCheckpoint:
+                    continue  # another step's damage does not matter here
                 if extra is not None:
                     break
     return config, params, extra, meta, step
@@ -49,7 +52,13 @@ def vision_extra_from(src: str, config: VLMConfig) -> dict:
     return extra
 
 
+def _check_out(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out '{out_dir}' is a file; give a new directory to write the export into")
+
+
 def _prepare_out(out_dir: str) -> None:
+    _check_out(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise UserError(f"output '{out_dir}' exists and is not empty; choose a new directory")
     os.makedirs(out_dir, exist_ok=True)
@@ -80,7 +89,11 @@ def export(ckpt_dir: str, to: str, out_dir: str, *, dtype: str = "fp32", step: i
         raise UserError(f"unknown export format '{to}'; choose one of {list(FORMATS)}")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; choose one of {list(DTYPES)}")
-    config, params, extra, meta, step = load_checkpoint(ckpt_dir, step)
+    _check_out(out_dir)  # before minutes of reading
+    try:
+        config, params, extra, meta, step = load_checkpoint(ckpt_dir, step)
+    except checkpoint_io.DamagedCheckpoint as e:
+        raise UserError(f"{e}; export another step with --step N") from e
     if to == "hf-llava":
         llava.check_exportable(config)  # before writing anything
     if vision_src is not None and to != "hf-qwen2":

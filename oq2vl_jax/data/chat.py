@@ -45,7 +45,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from oq2vl_jax.data.tokenizer import BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN_FILL, DocumentLayout, TextEncoder
+from oq2vl_jax.data.tokenizer import IMAGE_TOKEN_FILL, DocumentLayout, TextEncoder
+from oq2vl_jax.tokens import BOS_TOKEN, EOS_TOKEN
 from oq2vl_jax.tokens import IMAGE_TOKEN as IMAGE_PLACEHOLDER
 
 CHAT_FORMATS = ("open_qwen2vl", "qwen2", "qwen2.5")

@@ -1,15 +1,14 @@
-"""Host-side helpers of a run: the data iterator factory, the one-batch-ahead prefetcher, the stop signal and the data totals summed over processes."""
+"""Host-side helpers of a run: the data iterator factory, the one-batch-ahead prefetcher and the data totals summed
+over processes."""
 
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 from typing import Any, Callable
 
 import jax
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
 from oq2vl_jax.data.stats import SKIP_REASONS, DataStats
@@ -54,30 +53,6 @@ class Prefetcher:
         if isinstance(item, BaseException):
             raise item
         return item
-
-
-class StopSignal:
-    """SIGTERM -> stop after the current step with a checkpoint."""
-
-    def __init__(self):
-        self.received = False
-        self.multiprocess = jax.process_count() > 1
-        self._previous = None
-        if not self.multiprocess and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = True
-        logging.warning("SIGTERM: stopping after this step with a checkpoint")
-
-    def should_stop(self, step: int) -> bool:
-        if self.multiprocess:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.received
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def global_data_totals(stats: DataStats) -> dict[str, int]:

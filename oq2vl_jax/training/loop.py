@@ -1,17 +1,20 @@
 """The training loop: config -> mesh, state (fresh, imported or resumed), data, jitted steps, metrics, checkpoints.
 
-Resume: when WORKDIR/checkpoints holds a finished step, the run continues from the latest one (model config from its
-meta; parameters, optimizer state, counters and this process's data iterator state restored); the init source is
-then ignored. Metrics records after that step are dropped, so every step appears once in metrics.jsonl.
+Resume: when WORKDIR/checkpoints holds a finished step, the run continues from the newest one that restores (model
+config from its meta; parameters, optimizer state, counters and this process's data iterator state restored; damaged
+newer steps are moved to checkpoints/corrupt/); the init source is then ignored. Metrics records after the start step
+are dropped, so every step appears once in metrics.jsonl whatever stopped the previous run.
 
-Stopping: at train.num_steps; when the data runs out; on SIGTERM (single process: a signal handler; multi-process:
-jax's preemption sync point, so every process stops at the same step) after a final checkpoint; or, with a UserError,
-after train.max_nonfinite_in_row consecutive non-finite steps.
+Stopping: at train.num_steps; when the data runs out; on SIGTERM or Ctrl-C (single process: signal handlers, see
+training/stop.py; multi-process: jax's preemption sync point, so every process stops at the same step) after a final
+checkpoint; or, with a UserError, after train.max_nonfinite_in_row consecutive non-finite steps. The last step's
+metrics record always carries the data totals.
+
+One trainer per workdir: the run holds WORKDIR/train.lock (training/workdir.py).
 
 Host batches are read one step ahead in a background thread; each step's metrics are fetched after the next step has
 been dispatched, so the host never waits for the device between steps.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -32,10 +35,14 @@ from oq2vl_jax.training import flops as flops_lib
 from oq2vl_jax.training import metrics as metrics_lib
 from oq2vl_jax.training import setup
 from oq2vl_jax.training.checkpoint import Checkpointer
-from oq2vl_jax.training.host import DataFactory, Prefetcher, StopSignal, global_data_totals, pipeline_data_factory
+from oq2vl_jax.training import workdir as workdir_lib
+from oq2vl_jax.training.host import DataFactory, Prefetcher, global_data_totals, pipeline_data_factory
 from oq2vl_jax.training.optimizer import lr_schedule
 from oq2vl_jax.training.state import ModelParts, TrainState, check_stage, init_state
 from oq2vl_jax.training.step import make_eval_step, make_train_step
+from oq2vl_jax.training.stop import SIGNAL_NAMES, StopSignal
+
+SIGNALS = tuple(SIGNAL_NAMES.values())
 
 
 @dataclasses.dataclass
@@ -44,7 +51,7 @@ class RunResult:
     checkpoint_dir: str
     start_step: int
     last_step: int
-    stopped_by: str  # "num_steps" | "sigterm" | "data_exhausted"
+    stopped_by: str  # "num_steps" | "data_exhausted" | "sigterm" | "sigint" (Ctrl-C)
     first_loss: float | None
     last_loss: float | None
     eval_loss: float | None
@@ -76,37 +83,68 @@ def evaluate(eval_step, state: TrainState, make_iterator: DataFactory, mesh, *, 
 
 
 def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None = None,
-        compiler_options: Mapping[str, Any] | None = None) -> RunResult:
-    workdir = os.path.abspath(workdir)
+        compiler_options: Mapping[str, Any] | None = None, stop: StopSignal | None = None) -> RunResult:
+    """Trains (or resumes) in `workdir`, holding its lock. `stop`: the CLI's signal handlers, installed before
+    start-up; without one the run installs its own for its duration."""
     devices = list(devices if devices is not None else jax.devices())
     mesh = parallel.build_mesh(config.mesh, devices)
     setup.validate_config(config, mesh, check_data=data_factory is None)
+    workdir = workdir_lib.check_workdir(workdir)
+    own_stop = stop is None
+    stop = stop or StopSignal().install()
+    stop.bind(jax.process_count() > 1)
+    try:
+        with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
+            return _run(config, workdir, devices, mesh, data_factory, compiler_options, stop)
+    finally:
+        if own_stop:
+            stop.restore()
+
+
+def restore_newest(config, checkpointer: Checkpointer, mesh) -> tuple[int | None, tuple | None]:
+    """The newest step of the run that restores: (step, (model config, parts, optimizer, shardings, state, data
+    state)), or (None, None) when the run has no steps yet. Damaged newer steps are moved aside."""
+    options, stage = setup.model_options(config.model), config.train.stage
+
+    def restore(step: int):
+        _, meta = checkpoint_io.load_meta(checkpointer.directory, step)
+        vlm = setup.resumed_model_config(config, meta, f"{checkpointer.directory}/{step}")
+        parts = ModelParts(vlm, options)
+        tx, abstract, shardings = setup.optimizer_and_state(config, parts, mesh)
+        state, data_state, _ = checkpointer.restore(abstract, stage, step,
+                                                    restore_data=bool(config.checkpoint.restore_data))
+        return vlm, parts, tx, shardings, state, data_state
+    return checkpointer.restore_newest_intact(restore)
+
+
+def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
+         compiler_options: Mapping[str, Any] | None, stop: StopSignal) -> RunResult:
     t, stage = config.train, config.train.stage
     primary = jax.process_index() == 0
+    options = setup.model_options(config.model)
 
     checkpointer = Checkpointer(os.path.join(workdir, setup.CHECKPOINT_SUBDIR), keep=int(config.checkpoint.keep),
                                 async_save=bool(config.checkpoint.async_save))
-    resume_step = checkpointer.latest_step()
-    setup.resolve_tokenizer_dir(config, checkpointer.directory, resume_step is not None)
-    vlm_config, imported = setup.resolve_model_config(config, checkpointer)
-    parts = ModelParts(vlm_config, setup.model_options(config.model))
-    total = int(t.num_steps)
-    tx, abstract, shardings = setup.optimizer_and_state(config, parts, mesh)
+    setup.resolve_tokenizer_dir(config, checkpointer.directory, bool(checkpointer.all_steps()))
 
-    data_state = None  # {"iterator": this process's iterator state, "stats": its data totals so far}
-    if resume_step is not None:
-        state, data_state, _ = checkpointer.restore(abstract, stage, resume_step,
-                                                    restore_data=bool(config.checkpoint.restore_data))
+    # data_state: {"iterator": this process's iterator state, "stats": its data totals so far}
+    resume_step, restored = restore_newest(config, checkpointer, mesh)
+    if restored is not None:
+        vlm_config, parts, tx, shardings, state, data_state = restored
         logging.info("resumed from %s/%d", checkpointer.directory, resume_step)
-        if primary:
-            metrics_lib.truncate_metrics(workdir, resume_step)
     else:
+        vlm_config, imported = setup.resolve_model_config(config)
+        parts = ModelParts(vlm_config, options)
+        tx, abstract, shardings = setup.optimizer_and_state(config, parts, mesh)
         params = setup.initial_params(config, parts, mesh, abstract, imported, compiler_options)
         state = init_state(params, parts, stage, config.model.frozen_dtype, tx, mesh, compiler_options)
-        del params
-        del imported
+        del params, imported
+        data_state = None
         checkpointer.write_tokenizer(config.data.tokenizer_dir, vlm_config.llm.vocab_size)
     start = int(jax.device_get(state.step))
+    total = int(t.num_steps)
+    if primary:  # steps after `start` run again: their records from an interrupted run go (and any partial line)
+        metrics_lib.truncate_metrics(workdir, start)
 
     make_iterator = data_factory or pipeline_data_factory(config, vlm_config.tokens_per_image)
     row_start, row_stop = parallel.process_rows(mesh, t.global_batch_rows)
@@ -129,7 +167,7 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
         config, workdir, vlm_config, checkpoint_io.tokenizer_path(checkpointer.directory) or config.data.tokenizer_dir)
     peak = flops_lib.peak_flops_per_device(devices[0].device_kind, float(config.hardware.peak_tflops))
     trained = check_stage(stage)
-    window, stop = metrics_lib.Window(), StopSignal()
+    window = metrics_lib.Window()
     iterator_state = iterator.get_state()
     prefetch = Prefetcher(iterator)
     # a finite data stream can end on one process first; then every process must stop at the same step
@@ -139,8 +177,9 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     logging.info("training %s stage from step %d to %d on mesh %s (%s)", stage, start, total, dict(mesh.shape),
                  devices[0].device_kind)
 
-    def finish(item) -> None:
-        """Metrics of one finished step (fetched one step late)."""
+    def finish(item, last: bool = False) -> None:
+        """Metrics of one finished step (fetched one step late); the last step of a run, however it stopped, also
+        gets the rates and the data totals."""
         nonlocal first_loss, last_loss
         step_no, metrics = item
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -150,14 +189,16 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
         first_loss = m["loss"] if first_loss is None else first_loss
         last_loss = m["loss"]
         now = time.perf_counter()
-        if step_no == start + 1:  # includes start-up and compilation: kept out of the rates
+        first = step_no == start + 1
+        logged = first or last or step_no % t.log_every == 0 or step_no == total
+        if first:  # includes start-up and compilation: kept out of the rates
             record["first_step_time"] = now - window.start
-            window.reset(now)
-            writer.log(metrics_lib.progress_line(step_no, total, record))
-        elif step_no % t.log_every == 0 or step_no == total:
+        elif logged:
             record.update(window.rates(now, len(devices), peak))
+        if logged and (last or not first):
             record.update({f"data/{k}": v for k, v in global_data_totals(data_stats).items() if v})
             record["nonfinite_total"] = int(m["nonfinite_total"])
+        if logged:
             window.reset(now)
             writer.log(metrics_lib.progress_line(step_no, total, record))
         writer.write(record)
@@ -168,7 +209,9 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
                             "--config.optim.lr or check the data")
 
     try:
-        while step < total:
+        if stop.received and not stop.multiprocess:  # a signal during start-up: stop before the first step
+            stopped_by = stop.received
+        while step < total and stopped_by == "num_steps":
             item = prefetch.next()
             if sync_end and np.asarray(multihost_utils.process_allgather(np.int32(item is None))).any():
                 item = None
@@ -200,21 +243,21 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
                 writer.write({"step": step, **evaluators.run(step, dict(state.trainable) | dict(state.frozen), total,
                                                              apply=lambda p, b: parts.model(p)(b))})
             if stop.should_stop(step):
-                stopped_by = "sigterm"
+                stopped_by = stop.received or "sigterm"  # several processes: JAX's preemption notice (SIGTERM)
                 break
             if step % config.checkpoint.every_steps == 0 and step < total:
                 checkpointer.save(state, {"iterator": iterator_state, "stats": data_stats.totals}, meta)
         if pending is not None:
-            finish(pending)
-        if step > start or checkpointer.latest_step() != step:
+            finish(pending, last=True)
+        if step > start or (checkpointer.latest_step() != step and stopped_by == "num_steps"):
             checkpointer.save(state, {"iterator": iterator_state, "stats": data_stats.totals}, meta)
         checkpointer.wait()
     finally:
-        stop.restore()
         checkpointer.close()
         writer.close()
-    if stopped_by == "sigterm":
-        writer.log(f"stopped by SIGTERM at step {step}; checkpoint saved")
+    if stopped_by in SIGNALS:
+        writer.log(f"stopped by {stopped_by.upper()} at step {step}; "
+                   + ("checkpoint saved" if step > start else "nothing trained in this run, nothing saved"))
     data_stats.log_summary()
     return RunResult(workdir=workdir, checkpoint_dir=checkpointer.directory, start_step=start, last_step=step,
                      stopped_by=stopped_by, first_loss=first_loss, last_loss=last_loss, eval_loss=eval_loss,

@@ -15,12 +15,11 @@ from absl import logging
 from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
-from oq2vl_jax.training.checkpoint import Checkpointer
+from oq2vl_jax.training import checks
 from oq2vl_jax.training.optimizer import make_optimizer
 from oq2vl_jax.training.state import ModelParts, TrainState, abstract_state, check_stage, merge_params, split_params
 
 CHECKPOINT_SUBDIR = "checkpoints"
-INIT_SOURCES = ("pretrained", "checkpoint", "random")
 VOCAB_MULTIPLE = 128  # random-init vocabularies are rounded up so the table shards evenly
 
 
@@ -62,21 +61,14 @@ def optimizer_and_state(config, parts: ModelParts, mesh) -> tuple:
 def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool = True) -> None:
     """Checks that can fail before anything heavy happens; each message names the field to set."""
     check_stage(config.train.stage)
+    checks.check_fields(config)
     t = config.train
-    if t.num_steps < 1:
-        raise UserError(f"train.num_steps must be >= 1, got {t.num_steps}")
-    if t.micro_batches < 1 or t.global_batch_rows % t.micro_batches:
-        raise UserError(f"train.global_batch_rows={t.global_batch_rows} must be a multiple of "
-                        f"train.micro_batches={t.micro_batches} (>= 1)")
     shards = parallel.batch_shards(mesh)
     micro_rows = t.global_batch_rows // t.micro_batches
     if micro_rows % shards:
         raise UserError(f"a micro-batch has {micro_rows} rows (train.global_batch_rows / train.micro_batches), which "
                         f"does not divide over the {shards} batch shards (mesh data x fsdp = {dict(mesh.shape)}); "
                         "change --config.train.global_batch_rows, --config.train.micro_batches or --config.mesh.*")
-    source = config.init.source
-    if source not in INIT_SOURCES:
-        raise UserError(f"init.source must be one of {INIT_SOURCES}, got '{source}'")
     if jax.process_count() > 1 and t.eval_every and not t.eval_batches:
         raise UserError("with several processes set --config.train.eval_batches > 0 (every process must run the same "
                         "number of eval steps)")
@@ -137,19 +129,59 @@ def initial_params(config, parts: ModelParts, mesh, abstract: TrainState, import
     return params
 
 
-def resolve_model_config(config, checkpointer: Checkpointer) -> tuple[VLMConfig, dict | None]:
-    """(architecture, imported numpy params for init.source=pretrained when not resuming)."""
-    if checkpointer.latest_step() is not None:
-        _, meta = checkpoint_io.load_meta(checkpointer.directory)
-        return VLMConfig.from_dict(meta["model_config"]), None
+def check_image_size(vlm: VLMConfig, config, where: str) -> None:
+    if int(config.data.image_size) != vlm.vision.image_size:
+        raise UserError(f"data.image_size={config.data.image_size} but the vision tower of {where} takes "
+                        f"{vlm.vision.image_size}x{vlm.vision.image_size} images; set "
+                        f"--config.data.image_size={vlm.vision.image_size}")
+
+
+def resumed_model_config(config, meta: dict, where: str) -> VLMConfig:
+    """The architecture of the run being resumed: the checkpoint's. model.tokens_per_image must agree (the data
+    layout and the data iterator state depend on it)."""
+    vlm = VLMConfig.from_dict(meta["model_config"])
+    wanted = int(config.model.tokens_per_image)
+    if wanted != vlm.tokens_per_image:
+        raise UserError(f"model.tokens_per_image={wanted} but the run being resumed in {where} was trained with "
+                        f"{vlm.tokens_per_image}; resume with --config.model.tokens_per_image={vlm.tokens_per_image}, "
+                        "or start a new --workdir with init.source=checkpoint to change it")
+    check_image_size(vlm, config, where)
+    return vlm
+
+
+def with_tokens_per_image(vlm: VLMConfig, tokens_per_image: int, where: str) -> VLMConfig:
+    """The projector's pool has no parameters, so one checkpoint serves any pooled size (144 for pre-training, 729
+    for SFT): the run's model.tokens_per_image wins over the checkpoint's."""
+    if tokens_per_image == vlm.tokens_per_image:
+        return vlm
+    new = vlm.replace(tokens_per_image=tokens_per_image)
+    try:
+        new.validate()
+    except UserError as e:
+        raise UserError(f"model.tokens_per_image: {e}") from e
+    logging.info("model.tokens_per_image=%d (the checkpoint %s has %d): same parameters, images pooled to %d tokens",
+                 tokens_per_image, where, vlm.tokens_per_image, tokens_per_image)
+    return new
+
+
+def resolve_model_config(config) -> tuple[VLMConfig, dict | None]:
+    """(architecture, imported numpy params for init.source=pretrained) of a run that starts fresh."""
     source = config.init.source
     if source == "random":
-        return random_model_config(config), None
+        vlm = random_model_config(config)
+        vlm.validate()
+        return vlm, None
     if source == "checkpoint":
-        _, meta = checkpoint_io.load_meta(config.init.init_from)
-        return VLMConfig.from_dict(meta["model_config"]), None
+        where = config.init.init_from
+        _, meta = checkpoint_io.load_meta(where)
+        vlm = with_tokens_per_image(VLMConfig.from_dict(meta["model_config"]), int(config.model.tokens_per_image),
+                                    where)
+        check_image_size(vlm, config, f"init.init_from ({where})")
+        return vlm, None
     from oq2vl_jax.pretrained.importer import import_pretrained  # lazy: reads foreign weight files
 
-    return import_pretrained(config.init.llm_dir, config.init.vision_src,
-                             tokens_per_image=int(config.model.tokens_per_image),
-                             projector_seed=int(config.init.projector_seed))
+    vlm, params = import_pretrained(config.init.llm_dir, config.init.vision_src,
+                                    tokens_per_image=int(config.model.tokens_per_image),
+                                    projector_seed=int(config.init.projector_seed))
+    check_image_size(vlm, config, f"init.vision_src ({config.init.vision_src})")
+    return vlm, params
