@@ -112,6 +112,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         lines.append("warning: vision blocks after the feature layer are not in the checkpoint; written as zeros "
                      "(LLaVA never uses their output; pass --vision SRC to write the real ones)")
     tok = tokenizer.load(tokenizer_dir)
+    tokenizer.add_reference_tokens(tok)  # the chat template writes <s>: a checkpoint saved with a bare tokenizer too
     image_id = tokenizer.add_image_token(tok, config.llm.vocab_size, tokenizer_dir)
     vision_cfg = hf.siglip_config_to_hf(config.vision, use_head="head" in extra)
     text_cfg = hf.qwen2_config_to_hf(config.llm, llm_hf_config)
