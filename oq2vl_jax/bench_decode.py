@@ -52,8 +52,8 @@ def _random_params(config: VLMConfig, seed: int = 0) -> dict:
     from oq2vl_jax.models.params import param_tree
     from oq2vl_jax.models.vlm import VLM
 
-    make = jax.jit(lambda: param_tree(VLM(config, rngs=nnx.Rngs(seed))), backend="cpu")
-    return jax.tree.map(np.asarray, make())
+    with jax.default_device(jax.devices("cpu")[0]):  # host memory: the tree is saved, then placed by the loader
+        return jax.tree.map(np.asarray, jax.jit(lambda: param_tree(VLM(config, rngs=nnx.Rngs(seed))))())
 
 
 def _peak_rss_gib() -> float:
