@@ -28,7 +28,7 @@ from oq2vl_jax.bench_shapes import pretraining_rows
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.training import flops
-from oq2vl_jax.training.loop import model_options, optimizer_and_state, preset_model_config
+from oq2vl_jax.training.setup import model_options, optimizer_and_state, preset_model_config
 from oq2vl_jax.training.optimizer import lr_schedule
 from oq2vl_jax.training.state import ModelParts, check_stage, init_state
 from oq2vl_jax.training.step import flop_counts, make_train_step

@@ -136,7 +136,8 @@ def run_decode_bench(size: str = "small", batches=(1, 8, 64), new_tokens: int = 
                      workdir: str | None = None) -> dict:
     from PIL import Image
 
-    from oq2vl_jax.convert import exporter, tokenizer
+    from oq2vl_jax import tokens
+    from oq2vl_jax.convert import exporter
     from oq2vl_jax.data.demo import build_tiny_tokenizer
 
     config = decode_config(size)
@@ -144,7 +145,7 @@ def run_decode_bench(size: str = "small", batches=(1, 8, 64), new_tokens: int = 
     tmp = workdir or tempfile.mkdtemp(prefix="oq2vl_decode_bench_")
     try:
         tok_dir = os.path.join(tmp, "tokenizer")
-        tokenizer.prepare(build_tiny_tokenizer(os.path.join(tmp, "tokenizer_src")), tok_dir,
+        tokens.prepare(build_tiny_tokenizer(os.path.join(tmp, "tokenizer_src")), tok_dir,
                           vocab_size=config.llm.vocab_size)  # with the reference's tokens, as `convert import`
         ckpt = os.path.join(tmp, "ckpt")
         checkpoint_io.save_params(ckpt, _random_params(config), config, tokenizer_dir=tok_dir)

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from inference_fixtures import tiny_config, tiny_tokenizer
-from oq2vl_jax import checkpoint_io, generate
-from oq2vl_jax.convert import tokenizer as convert_tokenizer
+from oq2vl_jax import checkpoint_io, generate, tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +36,7 @@ def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     config = tiny_config(4)
     tok = str(root / "tok")
-    convert_tokenizer.prepare(tiny_tokenizer(str(root / "tok_src")), tok, vocab_size=config.llm.vocab_size)
+    tokens.prepare(tiny_tokenizer(str(root / "tok_src")), tok, vocab_size=config.llm.vocab_size)
     params = jax.tree.map(np.asarray, param_tree(VLM(config, rngs=nnx.Rngs(0))))
     out = str(root / "ckpt")
     checkpoint_io.save_params(out, params, config, tokenizer_dir=tok)

@@ -218,7 +218,7 @@ def test_init_from_pretrained_hf_dirs_then_from_that_checkpoint(tmp_path, hf_llm
     import jax.numpy as jnp
 
     from oq2vl_jax import checkpoint_io
-    from oq2vl_jax.convert.importer import import_pretrained
+    from oq2vl_jax.pretrained.importer import import_pretrained
 
     config = tiny_config(num_steps=1, eval_every=0, global_batch_rows=4, micro_batches=1)
     config.mesh.update(data=1, fsdp=1)
