@@ -59,7 +59,7 @@ CHAT_TEMPLATE = (  # literal text only inside {{ '...' }} so whitespace control 
 # LLaVA-style servers (SGLang's generic llava, LLaVA's `process_images`) pad to a square for "pad" and tile for
 # "anyres*"; any other value means the image processor's own resize, which is ours (squash to the tower's size).
 IMAGE_ASPECT_RATIO = "square"
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # what our sampler stops on (oq2vl_jax/inference/api.py)
+STOP_TOKENS = (tokens.EOS_TOKEN, tokens.PAD_TOKEN)  # what our sampler stops on (oq2vl_jax/inference/api.py)
 
 V5 = {"vision": "model.vision_tower.", "projector": "model.multi_modal_projector.", "llm": "model.language_model.",
       "lm_head": "lm_head.weight"}
@@ -114,6 +114,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         lines.append("warning: vision blocks after the feature layer are not in the checkpoint; written as zeros "
                      "(LLaVA never uses their output; pass --vision SRC to write the real ones)")
     tok = tokens.open_tokenizer(tokenizer_dir)
+    tokens.add_reference_tokens(tok)  # the chat template writes <s>: a checkpoint saved with a bare tokenizer too
     image_id = tokenizer.add_image_token(tok, config.llm.vocab_size, tokenizer_dir)
     vision_cfg = hf.siglip_config_to_hf(config.vision, use_head="head" in extra)
     text_cfg = hf.qwen2_config_to_hf(config.llm, llm_hf_config)
