@@ -57,4 +57,8 @@ timeout 240 python3 benchmarks/torch_peer.py --rows "$ROWS" --steps "$STEPS" --w
 echo "== PyTorch peer (gradient checkpointing off)"
 timeout 240 python3 benchmarks/torch_peer.py --rows "$ROWS" --steps "$STEPS" --warmup "$WARMUP" --no-grad-ckpt $TINY_FLAGS \
   --json "$OUT/peer_nockpt.json" 2>&1 | tail -2
+echo "== evaluation runner throughput (demo VQA task, random-init model, reference prompts; issue 13)"
+if [ "${TINY:-0}" = 1 ]; then EVAL_SIZE=tiny; EVAL_ITEMS=32; EVAL_BATCH=8; else EVAL_SIZE=full; EVAL_ITEMS=256; EVAL_BATCH=32; fi
+timeout 300 python3 benchmarks/bench_evals.py --size "$EVAL_SIZE" --items "$EVAL_ITEMS" --batch "$EVAL_BATCH" \
+  --json "$OUT/evals_throughput.jsonl" 2>&1 | grep -v "^I1\|^W1\|^INFO\|^WARNING" | tail -3
 python3 benchmarks/summarize.py "$OUT" | tee "$OUT/table.md"

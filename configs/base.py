@@ -6,7 +6,7 @@ The defaults are the paper's pre-training recipe (REFERENCE.md §3.2-3.3) on wha
 
 import ml_collections
 
-from oq2vl_jax.data.pipeline import default_data_config
+from oq2vl_jax.data.config import default_data_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,13 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
         projector_seed=1152,
     ))
 
-    c.data = default_data_config()
-    # tuples, so they can be overridden on the command line:
+    # sources are tuples, so they can be overridden on the command line:
     #   --config.data.sources='({"kind": "webdataset", "path": "/data/datacomp"}, {"kind": "webdataset", ...})'
-    c.data.sources = ()
-    c.data.eval_sources = ()
-    # "" = the tokenizer of the weights: init.llm_dir (pretrained), the init_from checkpoint's, or the resumed one's
-    c.data.tokenizer_dir = ""
+    # tokenizer_dir "" = the tokenizer of the weights: init.llm_dir (pretrained), the init_from checkpoint's, or the
+    # resumed one's
+    c.data = default_data_config()
 
     c.train = ml_collections.ConfigDict(dict(
         stage="pretrain",            # align | pretrain | full

@@ -33,7 +33,8 @@ def open_tokenizer(tokenizer_dir: str, *, what: str = "tokenizer directory", mod
     """A local HF fast tokenizer, loaded offline and unchanged. `what` names the setting in error messages."""
     if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
         raise UserError(f"{what}: {tokenizer_dir!r} is not a directory; point it at a local HF tokenizer directory "
-                        "(tokenizer.json + tokenizer_config.json)")
+                        "(tokenizer.json + tokenizer_config.json): the LLM's, or one built from your captions with "
+                        "`python -m oq2vl_jax.data.build_tokenizer SHARDS --out DIR`")
     from transformers import AutoTokenizer  # lazy: data worker processes never need transformers
 
     kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}

@@ -123,7 +123,8 @@ def train(config, workdir: str, stop) -> None:
     import jax
 
     from oq2vl_jax import parallel
-    from oq2vl_jax.training import host, loop, setup
+    from oq2vl_jax.data import demo_setup
+    from oq2vl_jax.training import loop, setup
 
     parallel.initialize_distributed(config.distributed)
     setup.validate_config(config, parallel.build_mesh(config.mesh, jax.devices()), check_paths=False)
@@ -131,7 +132,7 @@ def train(config, workdir: str, stop) -> None:
         if stop is not None and stop.received and jax.process_count() == 1:
             print(f"stopped by {stop.received.upper()} during start-up: nothing trained, nothing saved")
             return
-        paths = host.prepare_demo_data(config, workdir) if "demo" in config else None
+        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
         result = loop.run(config, workdir, stop=stop)  # stops before its first step if a signal came by then
     if jax.process_index() != 0:
         return

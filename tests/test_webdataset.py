@@ -21,7 +21,8 @@ def test_index_reads_back_members(tmp_path):
     write_numbered_shards(str(tmp_path), 40, shard_size=16)
     src = WebDatasetSource(str(tmp_path))
     assert len(src) == 40 and src.problems == {}
-    assert os.path.exists(tmp_path / (INDEX_NAME + ".npy")) and os.path.exists(tmp_path / (INDEX_NAME + ".json"))
+    assert os.path.dirname(src.index_path) == str(tmp_path) and os.path.basename(src.index_path).startswith(INDEX_NAME)
+    assert os.path.exists(src.index_path[:-4] + ".json")
     expected = numbered_samples(40)
     for i in (0, 15, 16, 39):
         record = src[i]
@@ -33,13 +34,13 @@ def test_index_reads_back_members(tmp_path):
 
 def test_index_is_cached_and_rebuilt_when_shards_change(tmp_path):
     write_numbered_shards(str(tmp_path), 20, shard_size=10)
-    build_index(str(tmp_path))
-    npy = tmp_path / (INDEX_NAME + ".npy")
+    npy = build_index(str(tmp_path))
     stamp = os.stat(npy).st_mtime_ns
-    assert build_index(str(tmp_path)) == str(tmp_path)
+    assert build_index(str(tmp_path)) == npy
     assert os.stat(npy).st_mtime_ns == stamp  # up to date: not rebuilt
     write_tar_shard(str(tmp_path / "00002.tar"), numbered_samples(5, start=20))
     assert len(WebDatasetSource(str(tmp_path))) == 25  # new shard noticed, index rebuilt
+    assert not os.path.exists(npy)  # the stale index of that selection is gone
 
 
 def test_index_dir_override_and_cli(tmp_path, capsys):
@@ -47,8 +48,8 @@ def test_index_dir_override_and_cli(tmp_path, capsys):
     index_dir = str(tmp_path / "idx")
     assert sources.main(["index", shards, "--index-dir", index_dir, "--workers", "1"]) == 0
     assert "12 records" in capsys.readouterr().out
-    assert os.path.exists(os.path.join(index_dir, INDEX_NAME + ".npy"))
-    assert not os.path.exists(os.path.join(shards, INDEX_NAME + ".npy"))
+    assert any(n.startswith(INDEX_NAME) and n.endswith(".npy") for n in os.listdir(index_dir))
+    assert not any(n.startswith(INDEX_NAME) for n in os.listdir(shards))
     assert len(WebDatasetSource(shards, index_dir=index_dir)) == 12
     assert sources.main(["index", str(tmp_path / "missing")]) == 2
 
@@ -100,7 +101,8 @@ def test_shard_changed_after_indexing_is_counted_not_fatal(tmp_path):
     src = WebDatasetSource(str(tmp_path))
     data = open(tmp_path / "00000.tar", "rb").read()
     open(tmp_path / "00000.tar", "wb").write(data[:1024])
-    assert src[3]["skips"] == {"record_unreadable": 1}
+    assert src[3]["skips"] == {"shard_changed": 1}
+    assert src[0]["skips"] == {"shard_changed": 1}  # even where the old offsets would still read bytes
     os.remove(tmp_path / "00000.tar")
     assert src[0]["skips"] == {"shard_unreadable": 1}
 
@@ -115,7 +117,20 @@ def test_source_pickles_without_the_index(tmp_path):
 
 
 def test_missing_or_empty_path_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="matches no file"):
         WebDatasetSource(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="no .tar shards"):
         WebDatasetSource(str(tmp_path))
+
+
+def test_a_repeated_sample_key_is_counted_not_vanished(tmp_path):
+    first, second, other = numbered_samples(3)
+    second = dict(second, __key__=first["__key__"])
+    write_tar_shard(str(tmp_path / "a.tar"), [first, other, second])          # key met again after another
+    write_tar_shard(str(tmp_path / "b.tar"), [dict(first, __key__="k"), dict(second, __key__="k")])  # back to back
+    src = WebDatasetSource(str(tmp_path))
+    assert src.problems == {"duplicate_key": 2} and len(src) == 5
+    records = [src[i] for i in range(len(src))]
+    assert sum(r["skips"].get("duplicate_key", 0) for r in records) == 2
+    texts = sorted(r["documents"][0]["parts"][1][1] for r in records if r["documents"])
+    assert texts == sorted([first["txt"], other["txt"], first["txt"]])  # each key's first sample kept

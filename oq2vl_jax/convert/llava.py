@@ -56,6 +56,11 @@ CHAT_TEMPLATE = (  # literal text only inside {{ '...' }} so whitespace control 
     "{%- endfor -%}"
 )
 
+# LLaVA-style servers (SGLang's generic llava, LLaVA's `process_images`) pad to a square for "pad" and tile for
+# "anyres*"; any other value means the image processor's own resize, which is ours (squash to the tower's size).
+IMAGE_ASPECT_RATIO = "square"
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # what our sampler stops on (oq2vl_jax/inference/api.py)
+
 V5 = {"vision": "model.vision_tower.", "projector": "model.multi_modal_projector.", "llm": "model.language_model.",
       "lm_head": "lm_head.weight"}
 V4 = {"vision": "vision_tower.vision_model.", "projector": "multi_modal_projector.", "llm": "language_model.model.",
@@ -120,6 +125,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         multimodal_projector_bias=True, tie_word_embeddings=config.llm.tie_word_embeddings,
         pad_token_id=tok.pad_token_id)
     llava_cfg.architectures = ["LlavaForConditionalGeneration"]
+    llava_cfg.image_aspect_ratio = IMAGE_ASPECT_RATIO  # read by SGLang / LLaVA-style loaders; transformers ignores it
     os.makedirs(out_dir, exist_ok=True)
     files = tensor_files.write_safetensors(out_dir, _tensors(config, params, extra), dtype=dtype)
     llava_cfg.dtype = "bfloat16" if np.dtype(dtype).itemsize == 2 else "float32"
@@ -133,6 +139,9 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=tokens.IMAGE_TOKEN,
         num_additional_image_tokens=0)
     processor.save_pretrained(out_dir)
+    stop_ids = [tok.convert_tokens_to_ids(t) for t in STOP_TOKENS if t in tok.get_vocab()]
+    transformers.GenerationConfig(bos_token_id=tok.convert_tokens_to_ids("<s>"), eos_token_id=stop_ids,
+                                  pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(out_dir)
     lines.append(f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
                  f"tokens, vision_feature_layer {feature_layer_to_llava(config.vision)}, vision hidden_act "
                  f"{vision_cfg['hidden_act']}")

@@ -205,27 +205,9 @@ def build_tiny_tokenizer(out_dir: str, texts: Iterable[str] | None = None, vocab
     The pre-tokenizer is Qwen2's split regex + byte-level, so tokenization behaves like the real one in kind. Loads
     with `AutoTokenizer.from_pretrained(out_dir)` (PreTrainedTokenizerFast) offline. Deterministic for given texts.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from oq2vl_jax.data.build_tokenizer import train_bpe_tokenizer
 
-    qwen2_split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(qwen2_split), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    corpus = demo_texts() + list(texts or [])
-    tok.train_from_iterator(corpus, trainer=trainer)
-    os.makedirs(out_dir, exist_ok=True)
-    tok.save(os.path.join(out_dir, "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-              "bos_token": None, "unk_token": None, "model_max_length": 32768, "clean_up_tokenization_spaces": False}
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    return out_dir
+    return train_bpe_tokenizer(out_dir, demo_texts() + list(texts or []), vocab_size)
 
 
 def write_demo_dataset(out_dir: str, num_train: int = 512, num_eval: int = 64, image_size: int = 64, seed: int = 0,

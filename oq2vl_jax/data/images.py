@@ -15,11 +15,10 @@ import io
 import numpy as np
 from PIL import Image
 
+from oq2vl_jax.data.config import MAX_IMAGE_PIXELS
 from oq2vl_jax.data.resample import bicubic_resize
 from oq2vl_jax.errors import UserError
 
-# Sane ceiling for decoded pixels (~8k x 8k; 192 MiB as RGB); PIL's own default warns at 89M and fails at 179M.
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 MIN_IMAGE_SIDE = 2  # the reference drops images whose width or height is 1
 PAD_FILL = (127, 127, 127)  # int(0.5 * 255): mean colour of the SigLIP normalisation, ~0 after it
 RESIZE_MODES = ("squash", "pad")

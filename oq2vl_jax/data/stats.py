@@ -20,6 +20,8 @@ from absl import logging
 SKIP_REASONS = (
     "shard_unreadable",    # a tar shard that is not a tar at all (empty, garbage, missing at read time)
     "shard_truncated",     # a tar shard cut short: the members after the cut are lost (counted once per cut)
+    "shard_changed",       # a shard whose size or mtime changed after it was indexed: not read (the next run re-indexes)
+    "duplicate_key",       # a second sample with a key already used in its shard (the first one is kept)
     "record_unreadable",   # I/O error, bad JSON / base64, or a record that cannot be parsed
     "image_missing",       # sample without an image member, or an image file that does not exist
     "caption_missing",     # sample without a caption member
@@ -29,11 +31,15 @@ SKIP_REASONS = (
     "image_too_large",     # more than max_image_pixels pixels (decompression-bomb guard)
     "too_many_images",     # a document with more images than max_images_per_row
     "overlong_dropped",    # a document longer than row_length with overlong="drop"
+    "conversation_invalid",  # SFT: unknown role, non-text turn, no user -> assistant exchange, image count mismatch
 )
 REPAIR_REASONS = (
     "repaired_text_utf8",      # caption bytes that were not UTF-8: decoded with U+FFFD replacement
     "repaired_image_mode",     # image not in RGB mode (L, CMYK, P, LA, RGBA, I;16, ...): converted to RGB
     "truncated_overlong",      # a document longer than row_length cut to fit (never through an image block)
+    "repaired_roles",          # SFT: turns of one role merged, a leading assistant / trailing user turn dropped
+    "repaired_image_placeholder",  # SFT: <image> added (LLaVA convention) or removed (text-only record)
+    "repaired_image_dropped",  # SFT: an unusable image; the conversation kept text-only (data.missing_image)
 )
 TOTAL_KEYS = ("documents", "num_images", "real_tokens", "capacity_tokens")
 STATS_KEYS = SKIP_REASONS + REPAIR_REASONS + TOTAL_KEYS

@@ -5,11 +5,16 @@ needed for training). Global shuffling needs random access, so a member index is
 byte offset and size of its image and caption inside its tar, read from the tar headers with `tarfile`. Reading a
 record is then two `pread`s; members are read into memory, never extracted.
 
-The index is two files, `oq2vl_index.npy` (a structured array, memory-mapped, shared by all worker processes through
-the page cache) and `oq2vl_index.json` (shard names, sizes, mtimes). They are written next to the shards when that
-directory is writable, else under ~/.cache/oq2vl_jax/wds_index/, or wherever `index_dir` says; they are rebuilt when
-the set of shards or their sizes/mtimes change. Build ahead of time with
-`python -m oq2vl_jax.data.sources index DIR [--workers N]`; otherwise it is built lazily on first use.
+The index is two files per shard selection, `oq2vl_index.<selection>.<fingerprint>.npy` (a structured array,
+memory-mapped, shared by all worker processes through the page cache) and `.json` (root, shard names, sizes,
+mtimes). <selection> is a hash of the source's path as given (directory, .tar, pattern or list), so sources reading
+different shards of one directory (two single tars, two globs) never share an index; <fingerprint> is a hash of every shard's name, size and
+mtime, so an index is only ever read for exactly the bytes it describes: when a shard changes, is added or removed,
+the name no longer matches and the index is rebuilt (the stale files of that selection are then removed). Each
+process re-checks the fingerprint before it maps the index. The files go next to the shards when that directory is
+writable, else under ~/.cache/oq2vl_jax/wds_index/, or wherever `index_dir` says. Build ahead of time with
+`python -m oq2vl_jax.data.sources index PATH [--workers N]`; otherwise it is built lazily on first use. Which shards a
+source reads (directory, .tar, glob, brace range, list) is data/shard_paths.py.
 
 Problems found while indexing become index entries with a skip status (a missing caption or image member, a
 truncated or unreadable shard), so they are counted every time the pipeline reaches them instead of vanishing.
@@ -17,7 +22,6 @@ truncated or unreadable shard), so they are counted every time the pipeline reac
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -28,12 +32,13 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
+from oq2vl_jax.data.shard_paths import expand_shards
 from oq2vl_jax.data.stats import SKIP_REASONS
 from oq2vl_jax.errors import UserError
 
 IMAGE_EXTS = ("jpg", "png", "jpeg", "webp")  # the reference's webdataset field "jpg;png;jpeg;webp", in that order
 CAPTION_EXT = "txt"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 INDEX_NAME = "oq2vl_index"
 INDEX_DTYPE = np.dtype([
     ("shard", "<i4"), ("status", "i1"), ("image_ext", "i1"),
@@ -74,6 +79,7 @@ def scan_shard(path: str) -> np.ndarray:
         logging.warning("webdataset: cannot open shard %s: %s", path, e)
         return np.array([_entry("shard_unreadable")], INDEX_DTYPE)
     samples: dict[str, dict[str, tuple[int, int]]] = {}
+    current, skipping, duplicates = None, False, 0  # a key met again later (or a member twice) is a second sample
     truncated = False
     with f:
         try:
@@ -95,8 +101,16 @@ def scan_shard(path: str) -> np.ndarray:
                 truncated = True
                 break
             parsed = split_member_name(member.name)
-            if parsed is not None:
-                samples.setdefault(parsed[0], {}).setdefault(parsed[1], (member.offset_data, member.size))
+            if parsed is None:
+                continue
+            key, ext = parsed
+            if key != current:
+                current, skipping = key, key in samples
+                duplicates += skipping
+            elif not skipping and ext in samples[key]:
+                skipping, duplicates = True, duplicates + 1
+            if not skipping:
+                samples.setdefault(key, {})[ext] = (member.offset_data, member.size)
         if not truncated:
             # tarfile ends silently at a cut inside a header: a complete archive ends with a zero block.
             f.seek(tar.offset)
@@ -111,6 +125,10 @@ def scan_shard(path: str) -> np.ndarray:
             entries.append(_entry("caption_missing"))
         else:
             entries.append(_entry(None, members[ext], IMAGE_EXTS.index(ext), members[CAPTION_EXT]))
+    if duplicates:
+        logging.warning("webdataset: shard %s repeats %d sample keys; the repeats are skipped (duplicate_key)", path,
+                        duplicates)
+        entries += [_entry("duplicate_key")] * duplicates
     if truncated:
         logging.warning("webdataset: shard %s is truncated; %d complete samples kept", path, len(entries))
         entries.append(_entry("shard_truncated"))
@@ -119,25 +137,34 @@ def scan_shard(path: str) -> np.ndarray:
     return np.array(entries, INDEX_DTYPE)
 
 
-def list_shards(path: str) -> tuple[str, list[str]]:
-    """(root dir, sorted shard paths relative to it) for a directory of .tar files (recursive) or one .tar file."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isfile(path):
-        return os.path.dirname(path), [os.path.basename(path)]
-    if not os.path.isdir(path):
-        raise UserError(f"webdataset path {path!r} does not exist (expected a directory of .tar shards)")
-    shards = sorted(os.path.relpath(p, path) for p in glob.glob(os.path.join(path, "**", "*.tar"), recursive=True))
-    if not shards:
-        raise UserError(f"webdataset path {path!r} contains no .tar shards")
-    return path, shards
+def list_shards(path) -> tuple[str, list[str]]:
+    """(root dir, sorted shard paths relative to it) for a path, pattern or list of them (data/shard_paths.py)."""
+    return expand_shards(path)
 
 
 def _fingerprint(root: str, shards: Sequence[str]) -> list[list]:
     out = []
     for name in shards:
-        st = os.stat(os.path.join(root, name))
+        try:
+            st = os.stat(os.path.join(root, name))
+        except OSError as e:
+            raise UserError(f"webdataset shard {os.path.join(root, name)!r} cannot be read: {e}") from None
         out.append([name, st.st_size, st.st_mtime_ns])
     return out
+
+
+def _digest(value) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def index_stem(path, root: str, fingerprint: list[list]) -> str:
+    """File stem of the index of what `path` selects, for exactly these shards, sizes and mtimes (module docstring).
+
+    The selection part hashes the path as given (directory, pattern or list, made absolute), so a directory source
+    keeps its name when shards are added and its stale index is replaced, not left beside the new one."""
+    items = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    selection = sorted(os.path.normpath(os.path.abspath(os.path.expanduser(str(p)))) for p in items)
+    return f"{INDEX_NAME}.{_digest([root, selection])}.{_digest(fingerprint)}"
 
 
 def _index_dirs(root: str, index_dir: str | None) -> list[str]:
@@ -147,25 +174,49 @@ def _index_dirs(root: str, index_dir: str | None) -> list[str]:
     return [root, os.path.join(os.path.expanduser("~/.cache/oq2vl_jax/wds_index"), digest)]
 
 
-def _read_meta(directory: str) -> dict | None:
+def _read_meta(npy_path: str) -> dict | None:
     try:
-        with open(os.path.join(directory, INDEX_NAME + ".json")) as f:
+        with open(npy_path[:-len(".npy")] + ".json") as f:
             meta = json.load(f)
         return meta if meta.get("version") == INDEX_VERSION else None
     except (OSError, ValueError):
         return None
 
 
-def build_index(path: str, index_dir: str | None = None, workers: int = 1, force: bool = False) -> str:
-    """Builds (or finds an up-to-date) member index for the shards under `path`; returns the index directory."""
+def _valid_index(npy_path: str, root: str, fingerprint: list[list]) -> dict | None:
+    """The index's metadata if npy_path is a complete index of exactly these shards, else None."""
+    meta = _read_meta(npy_path)
+    if not meta or meta.get("root") != root or meta.get("shards") != fingerprint:
+        return None
+    try:
+        entries = np.load(npy_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return meta if entries.dtype == INDEX_DTYPE and len(entries) == meta.get("num_records") else None
+
+
+def _remove_stale(directory: str, stem: str) -> None:
+    """Removes this selection's index files for older shard fingerprints (files this module wrote)."""
+    selection = stem.rsplit(".", 1)[0] + "."
+    for name in os.listdir(directory):
+        if name.startswith(selection) and not name.startswith(stem + ".") and name.endswith((".npy", ".json")):
+            try:
+                os.remove(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def build_index(path, index_dir: str | None = None, workers: int = 1, force: bool = False) -> str:
+    """Builds (or finds an up-to-date) member index for the shards `path` names; returns the index's .npy path."""
     root, shards = list_shards(path)
     fingerprint = _fingerprint(root, shards)
+    stem = index_stem(path, root, fingerprint)
     candidates = _index_dirs(root, index_dir)
     if not force:
         for directory in candidates:
-            meta = _read_meta(directory)
-            if meta and meta["shards"] == fingerprint and os.path.exists(os.path.join(directory, INDEX_NAME + ".npy")):
-                return directory
+            npy = os.path.join(directory, stem + ".npy")
+            if _valid_index(npy, root, fingerprint):
+                return npy
     start = time.time()
     logging.info("webdataset: indexing %d shards under %s", len(shards), root)
     paths = [os.path.join(root, s) for s in shards]
@@ -181,6 +232,8 @@ def build_index(path: str, index_dir: str | None = None, workers: int = 1, force
                 rate = (i + 1) / (time.time() - start)
                 logging.info("webdataset: indexed %d/%d shards (%.1f shards/s, ETA %.0f s)", i + 1, len(paths), rate,
                              (len(paths) - i - 1) / rate)
+    if _fingerprint(root, shards) != fingerprint:
+        raise UserError(f"webdataset shards under {root} changed while they were being indexed; run again")
     for shard_id, entries in enumerate(per_shard):
         entries["shard"] = shard_id
     entries = np.concatenate(per_shard) if per_shard else np.zeros(0, INDEX_DTYPE)
@@ -191,17 +244,19 @@ def build_index(path: str, index_dir: str | None = None, workers: int = 1, force
     for directory in candidates:
         try:
             os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".{INDEX_NAME}.{os.getpid()}.tmp")
+            tmp = os.path.join(directory, f".{stem}.{os.getpid()}.tmp")
             with open(tmp + ".npy", "wb") as f:
                 np.save(f, entries, allow_pickle=False)
             with open(tmp + ".json", "w") as f:
                 json.dump(meta, f)
             # npy first: a reader trusts the json fingerprint only once the matching npy is in place
-            os.replace(tmp + ".npy", os.path.join(directory, INDEX_NAME + ".npy"))
-            os.replace(tmp + ".json", os.path.join(directory, INDEX_NAME + ".json"))
+            npy = os.path.join(directory, stem + ".npy")
+            os.replace(tmp + ".npy", npy)
+            os.replace(tmp + ".json", os.path.join(directory, stem + ".json"))
+            _remove_stale(directory, stem)
             logging.info("webdataset: index of %d records (%s) written to %s in %.1f s", len(entries),
-                         meta["problems"] or "no problems", directory, time.time() - start)
-            return directory
+                         meta["problems"] or "no problems", npy, time.time() - start)
+            return npy
         except OSError as e:
             errors.append(f"{directory}: {e}")
     raise UserError(f"cannot write the webdataset index for {root}: {'; '.join(errors)}; pass index_dir")
@@ -217,10 +272,13 @@ def _decode_text(raw: bytes) -> tuple[str, bool]:
 class WebDatasetSource:
     """Random-access source over indexed WebDataset shards; `source[i]` is a caption record (see sources.py)."""
 
-    def __init__(self, path: str, *, index_dir: str | None = None, name: str | None = None):
+    def __init__(self, path, *, index_dir: str | None = None, name: str | None = None):
         self.root, self._shards = list_shards(path)
-        self.index_dir = build_index(path, index_dir)
-        meta = _read_meta(self.index_dir)
+        self.index_path = build_index(path, index_dir)
+        self.index_dir = os.path.dirname(self.index_path)
+        meta = _read_meta(self.index_path)
+        # what every shard looked like when indexed: a record is read only while its shard still matches
+        self._shard_stats = [(size, mtime) for _, size, mtime in meta["shards"]]
         self.num_records = meta["num_records"]
         self.problems = meta["problems"]
         self.name = name or os.path.basename(self.root.rstrip("/"))
@@ -239,9 +297,12 @@ class WebDatasetSource:
 
     @property
     def entries(self) -> np.ndarray:
+        """The index, mapped once per process (its file name carries the shards' fingerprint; see the docstring)."""
         if self._entries is None:
-            self._entries = np.load(os.path.join(self.index_dir, INDEX_NAME + ".npy"), mmap_mode="r",
-                                    allow_pickle=False)
+            entries = np.load(self.index_path, mmap_mode="r", allow_pickle=False)
+            if len(entries) != self.num_records:
+                raise UserError(f"webdataset index {self.index_path} was changed after it was opened; restart")
+            self._entries = entries
         return self._entries
 
     def __getitem__(self, index: int) -> dict:
@@ -260,6 +321,10 @@ class WebDatasetSource:
             record["skips"]["shard_unreadable"] = 1
             return record
         try:
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns) != self._shard_stats[int(entry["shard"])]:
+                record["skips"]["shard_changed"] = 1  # the index's offsets no longer describe this file
+                return record
             image = os.pread(fd, int(entry["image_size"]), int(entry["image_offset"]))
             text = os.pread(fd, int(entry["text_size"]), int(entry["text_offset"]))
         except OSError:

@@ -80,6 +80,7 @@ def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool 
 
 
 def validate_paths(config, check_data: bool = True) -> None:
+    from oq2vl_jax.data.sources import source_path_exists
     if check_data and not config.data.sources:
         raise UserError("data.sources is empty; set e.g. --config.data.sources='({\"kind\": \"webdataset\", "
                         "\"path\": \"/data/shards\"},)' (see oq2vl_jax/data/pipeline.py for the kinds)")
@@ -92,7 +93,7 @@ def validate_paths(config, check_data: bool = True) -> None:
                             f"(init.source='{source}')")
     for i, spec in enumerate(config.data.sources if check_data else ()):
         path = spec.get("path", "")
-        if path and not path.startswith(("gs://", "s3://")) and not os.path.exists(path):
+        if path and not source_path_exists(spec):  # a webdataset path may be a glob, a brace range or a list
             raise UserError(f"data.sources[{i}].path: {path!r} does not exist")
     if config.data.tokenizer_dir and not os.path.isdir(config.data.tokenizer_dir):
         raise UserError(f"data.tokenizer_dir: {config.data.tokenizer_dir!r} is not a directory; set "
