@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
         eval_batches=0,              # 0 = the whole eval split (single process only)
     ))
 
+    # Evaluators run during training, "NAME[:key=value,...]" (oq2vl_jax/evals/evaluators.py, docs/evaluation.md), e.g.
+    #   --config.evals='("demo:limit=32,every=100", "demo_attributes")'
+    c.evals = ()
+
     c.optim = ml_collections.ConfigDict(dict(
         lr=5e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, warmup_ratio=0.03, clip_norm=1.0,
     ))

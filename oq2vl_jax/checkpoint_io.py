@@ -91,11 +91,39 @@ def resolve_step(ckpt_dir: str, step: int | None = None) -> int:
     return step
 
 
+class DamagedCheckpoint(UserError):
+    """A step whose files do not restore (truncated, missing, JSON that does not parse)."""
+
+
+def _damaged(ckpt_dir: str, step: int, error: Exception) -> DamagedCheckpoint:
+    try:
+        with manager(ckpt_dir, async_save=False) as mngr:
+            others = sorted(s for s in mngr.all_steps() if s != step)
+    except Exception:  # noqa: BLE001 (only for the message)
+        others = []
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    hint = f"; other steps there: {others}" if others else ""
+    return DamagedCheckpoint(f"checkpoint '{ckpt_dir}' step {step} is damaged and cannot be read ({reason}){hint}")
+
+
+def _reading(ckpt_dir: str, step: int, read):
+    """read() with any non-UserError failure turned into a one-line DamagedCheckpoint."""
+    try:
+        return read()
+    except UserError:
+        raise
+    except Exception as e:
+        raise _damaged(ckpt_dir, step, e) from e
+
+
 def load_meta(ckpt_dir: str, step: int | None = None) -> tuple[int, dict]:
     step = resolve_step(ckpt_dir, step)
-    with manager(ckpt_dir, async_save=False) as mngr:
-        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if meta.get("format") != FORMAT:
+
+    def read():
+        with manager(ckpt_dir, async_save=False) as mngr:
+            return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = _reading(ckpt_dir, step, read)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"'{ckpt_dir}' step {step} is not an oq2vl_jax checkpoint (meta format {meta.get('format')})")
     return step, meta
 
@@ -120,12 +148,15 @@ def load_params(ckpt_dir: str, step: int | None = None, abstract_params: Any = N
     """Returns (model config, params tree, meta). `abstract_params` (ShapeDtypeStructs with shardings) restores
     straight onto a mesh; without it arrays come back as host numpy arrays."""
     step, meta = load_meta(ckpt_dir, step)
-    config = VLMConfig.from_dict(meta["model_config"])
+    config = _reading(ckpt_dir, step, lambda: VLMConfig.from_dict(meta["model_config"]))
     if abstract_params is None:
-        return config, _restore_host(ckpt_dir, step, "params"), meta
-    with manager(ckpt_dir, async_save=False) as mngr:
-        params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))["params"]
-    return config, params, meta
+        return config, _reading(ckpt_dir, step, lambda: _restore_host(ckpt_dir, step, "params")), meta
+
+    def read():
+        with manager(ckpt_dir, async_save=False) as mngr:
+            return mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params)))["params"]
+    return config, _reading(ckpt_dir, step, read), meta
 
 
 def load_item(ckpt_dir: str, name: str, step: int | None = None) -> dict | None:
@@ -133,7 +164,7 @@ def load_item(ckpt_dir: str, name: str, step: int | None = None) -> dict | None:
     step = resolve_step(ckpt_dir, step)
     if not os.path.isdir(os.path.join(os.path.abspath(ckpt_dir), str(step), name)):
         return None
-    return _restore_host(ckpt_dir, step, name)
+    return _reading(ckpt_dir, step, lambda: _restore_host(ckpt_dir, step, name))
 
 
 def tokenizer_path(ckpt_dir: str) -> str | None:

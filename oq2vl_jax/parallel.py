@@ -38,6 +38,9 @@ LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
     "vision_embed": ("fsdp",),
     "vision_heads": ("tensor",),
     "vision_mlp": ("tensor",),
+    "cache_batch": ("data", "fsdp"),  # KV cache (models/cache.py): rows like activations, KV heads like kv_heads
+    "cache_length": (),
+    "head_dim": (),
     "activation_batch": ("data", "fsdp"),
     "activation_length": (),
     "activation_embed": (),

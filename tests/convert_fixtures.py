@@ -16,7 +16,8 @@ import transformers
 from safetensors.torch import save_file
 
 from model_fixtures import randomize_
-from oq2vl_jax.convert import importer
+from oq2vl_jax.convert.write_checkpoint import save_imported
+from oq2vl_jax.pretrained import importer
 from oq2vl_jax.data.demo import build_tiny_tokenizer
 
 TINY_TOKENIZER_SIZE = 400  # + <|endofchunk|>, <s>, <image> stays below the LLM's 512 embedding rows
@@ -168,7 +169,7 @@ def imported_ckpt(tmp_path_factory, hf_llm, hf_vision, tiny_tokenizer_dir) -> st
     """An oq2vl_jax checkpoint with identity pooling (tokens_per_image = 7x7 patches), as `convert import` writes."""
     imported = importer.import_sources(hf_llm[0], hf_vision[0], tokens_per_image=GRID * GRID, projector_seed=3)
     out = str(tmp_path_factory.mktemp("ckpt") / "ck")
-    importer.save_imported(imported, out, tiny_tokenizer_dir)
+    save_imported(imported, out, tiny_tokenizer_dir)
     return out
 
 

@@ -109,23 +109,6 @@ def base_config(tokenizer_dir: str, sources: list[dict], **overrides):
     return cfg
 
 
-def toy_conversation_formatter(encoder, record, tokens_per_image):
-    """A stand-in SFT formatter for the hook test: <s> [image] human text, gpt text <|im_end|>, prompt masked."""
-    human = " ".join(t["value"].replace("<image>", "") for t in record["conversations"] if t["from"] == "human")
-    gpt = " ".join(t["value"] for t in record["conversations"] if t["from"] == "gpt")
-    prompt = [encoder.bos_id] + [0] * (tokens_per_image if record["image"] else 0) + encoder.encode(human)
-    answer = encoder.encode(" " + gpt) + [encoder.eos_id]
-    ids = np.asarray(prompt + answer, np.int32)
-    image_mask = np.zeros(len(ids), bool)
-    starts = ()
-    if record["image"]:
-        image_mask[1:1 + tokens_per_image] = True
-        starts = (1,)
-    target = np.zeros(len(ids), bool)
-    target[len(prompt):] = True
-    return [(DocumentLayout(ids, image_mask, starts, target), [record["image"]] if record["image"] else [])]
-
-
 def pil_horizontal_then_vertical(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Pillow's bicubic resize with the pass order of every Pillow before 12.2 (the reference's).
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import transformers
 
-from oq2vl_jax.convert import hf
+from oq2vl_jax.pretrained import hf
 from oq2vl_jax.models.presets import GELU_EXACT, GELU_TANH, Qwen2Config, SiglipConfig
 
 HF_ACT = {GELU_EXACT: "gelu", GELU_TANH: "gelu_pytorch_tanh"}

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.train import dry_run
-from oq2vl_jax.training import loop
+from oq2vl_jax.training import setup
+from oq2vl_jax.training.dry_run import dry_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARDWARE = {"a100x8": 8, "h100x8": 8, "tpu_v4_64": 32, "tpu_v5p_128": 64}
@@ -53,13 +53,13 @@ def test_dry_run_rejects_a_mesh_that_does_not_divide():
 def test_missing_paths_name_the_field(tmp_path):
     config = load("a100x8")
     with pytest.raises(UserError, match="data.sources"):
-        loop.validate_paths(config)
+        setup.validate_paths(config)
     config.data.sources = ({"kind": "webdataset", "path": str(tmp_path)},)
     with pytest.raises(UserError, match="--config.init.llm_dir"):
-        loop.validate_paths(config)
+        setup.validate_paths(config)
     config.init.update(llm_dir=str(tmp_path), vision_src=str(tmp_path / "missing"))
     with pytest.raises(UserError, match="--config.init.vision_src"):
-        loop.validate_paths(config)
+        setup.validate_paths(config)
 
 
 def test_demo_config():

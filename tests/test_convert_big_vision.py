@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from convert_fixtures import assert_trees_equal, big_vision_from_hf, hf_vision, hf_vision_state  # noqa: F401
-from oq2vl_jax.convert import importer
+from oq2vl_jax.pretrained import importer
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_EXACT, GELU_TANH
 

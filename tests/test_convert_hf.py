@@ -14,7 +14,9 @@ from convert_fixtures import (assert_trees_equal, hf_llm, hf_qwen2_config, hf_vi
                               imported_ckpt, numpy_state, tiny_tokenizer_dir)
 from model_fixtures import randomize_
 from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import exporter, hf, importer, tensor_files
+from oq2vl_jax.convert import exporter
+from oq2vl_jax.convert.write_checkpoint import save_imported
+from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_EXACT
 
@@ -71,7 +73,7 @@ def test_untied_llm_and_bf16_export(tmp_path, hf_vision, tiny_tokenizer_dir):
     assert not config.llm.tie_word_embeddings and params["llm"]["lm_head"]["kernel"].dtype == np.float32
     assert np.array_equal(params["llm"]["lm_head"]["kernel"], model.lm_head.weight.detach().float().numpy().T)
     ckpt, out = str(tmp_path / "ck"), str(tmp_path / "out")
-    importer.save_imported(importer.Imported(config, params, {}, []), ckpt, tiny_tokenizer_dir)
+    save_imported(importer.Imported(config, params, {}, []), ckpt, tiny_tokenizer_dir)
     exporter.export(ckpt, "hf-qwen2", out, dtype="bf16")
     written = _read_dir(out)
     assert written["lm_head.weight"].dtype == ml_dtypes.bfloat16

@@ -13,7 +13,8 @@ from PIL import Image
 from convert_fixtures import (GRID, assert_trees_equal, hf_llm, hf_vision, imported_ckpt,  # noqa: F401
                               tiny_tokenizer_dir)
 from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import exporter, llava, tokenizer
+from oq2vl_jax import tokens
+from oq2vl_jax.convert import exporter, llava
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.params import vlm_from_params
 
@@ -52,7 +53,7 @@ def test_transformers_logits_match_ours(exported, imported_ckpt):
 
     ids = inputs["input_ids"][0].numpy()
     image_mask = ids == model.config.image_token_index
-    assert image_mask.sum() == GRID * GRID and ids[0] == tokenizer.load(exported).convert_tokens_to_ids("<s>")
+    assert image_mask.sum() == GRID * GRID and ids[0] == tokens.open_tokenizer(exported).convert_tokens_to_ids("<s>")
     resized = np.asarray(image.convert("RGB").resize((28, 28), Image.BICUBIC), np.uint8)
     assert np.allclose(inputs["pixel_values"][0].permute(1, 2, 0).numpy(), (resized / 255.0 - 0.5) / 0.5, atol=1e-6)
     n = len(ids)
@@ -72,8 +73,8 @@ def test_round_trip_bit_exact(exported, imported_ckpt):
         assert imported.config == config
         assert_trees_equal(imported.params, params)
         assert_trees_equal(imported.vision_extra, checkpoint_io.load_item(imported_ckpt, checkpoint_io.VISION_EXTRA))
-        tok = tokenizer.load(tok_dir)
-        assert tokenizer.IMAGE_TOKEN not in tok.get_vocab() and len(tok) == 402 and tok.bos_token == "<s>"
+        tok = tokens.open_tokenizer(tok_dir)
+        assert tokens.IMAGE_TOKEN not in tok.get_vocab() and len(tok) == 402 and tok.bos_token == "<s>"
     finally:
         shutil.rmtree(tok_dir)
 

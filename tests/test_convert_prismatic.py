@@ -13,7 +13,7 @@ import transformers
 from convert_fixtures import (GRID, VISION, assert_trees_equal, hf_llm, hf_qwen2_config, hf_vision,  # noqa: F401
                               hf_vision_state, imported_ckpt, timm_state_from_hf, tiny_tokenizer_dir)
 from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import exporter, hf, prismatic
+from oq2vl_jax.convert import exporter, prismatic
 from oq2vl_jax.errors import UserError
 
 

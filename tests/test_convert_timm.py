@@ -7,7 +7,7 @@ import pytest
 
 from convert_fixtures import (assert_trees_equal, hf_vision, hf_vision_state, save_torch_state,  # noqa: F401
                               timm_state_from_hf)
-from oq2vl_jax.convert import hf, importer, timm
+from oq2vl_jax.pretrained import hf, importer, timm
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_EXACT
 

@@ -209,24 +209,6 @@ def test_reference_compat_and_pad_mode_batches_validate(shards, tiny_tokenizer_d
     assert batch["loss_weights"].sum() > 0
 
 
-def test_conversation_formatter_hook(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
-    paths = demo.write_demo_dataset(str(tmp_path), num_train=1, num_eval=1, num_sft=10, image_size=16,
-                                    with_tokenizer=False)
-    llava = {"kind": "llava", "path": paths["sft_json"], "image_root": paths["sft_image_root"], "weight": 1.0}
-    with pytest.raises(UserError, match="conversation_formatter"):
-        run(base_config(tiny_tokenizer_dir, [llava]))
-    cfg = base_config(tiny_tokenizer_dir, [llava], num_epochs=1,
-                      conversation_formatter="data_fixtures:toy_conversation_formatter")
-    batches = run(cfg)
-    assert sum(b["stats"]["documents"] for b in batches) == 10
-    eos = tiny_tokenizer.eos_token_id
-    for b in batches:  # only answers are trained: every trained target lies after the image block
-        trained_targets = b["targets"][b["loss_weights"] > 0]
-        assert (trained_targets == eos).sum() == int(b["image_valid"].sum())
-    with pytest.raises(UserError, match="conversation_formatter"):
-        run(base_config(tiny_tokenizer_dir, [llava], conversation_formatter="no_such_module:f"))
-
-
 def test_config_errors_name_the_field(shards, tiny_tokenizer_dir):
     good = [wds(shards)]
     cases = [({"label_mode": "x"}, "data.label_mode"), ({"num_epochs": 0}, "data.num_epochs"),

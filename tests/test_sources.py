@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data_fixtures import image_bytes
-from oq2vl_jax.data import demo, sources
-from oq2vl_jax.data.sources import LlavaSource, MammothSource, PackedJsonSource, TfdsSource, open_source
+from oq2vl_jax.data import sources
+from oq2vl_jax.data.sources import PackedJsonSource, TfdsSource, open_source
 from oq2vl_jax.data.webdataset import WebDatasetSource
 from oq2vl_jax.errors import UserError
 
@@ -68,45 +68,6 @@ def test_convert_packed_json_to_webdataset(packed_dir, tmp_path):
     captions = [wds[i]["documents"][0]["parts"][1][1] for i in range(len(wds))]
     assert captions == ["a red circle", "a blue square", "a green star"]
     assert wds[0]["documents"][0]["parts"][0] == ("image", img)
-
-
-def test_llava_records(tmp_path):
-    paths = demo.write_demo_dataset(str(tmp_path), num_train=1, num_eval=1, num_sft=6, with_tokenizer=False)
-    records = json.load(open(paths["sft_json"]))
-    records.append({"id": "textonly", "conversations": [{"from": "human", "value": "hi"},
-                                                        {"from": "gpt", "value": "hello"}]})
-    records.append({"id": "gone", "image": "images/missing.png", "conversations": records[0]["conversations"]})
-    records.append({"id": "broken"})
-    json.dump(records, open(paths["sft_json"], "w"))
-    src = open_source({"kind": "llava", "path": paths["sft_json"], "image_root": paths["sft_image_root"]})
-    assert isinstance(src, LlavaSource) and len(src) == 9
-    r0 = src[0]
-    assert r0["image"] == open(os.path.join(paths["sft_image_root"], records[0]["image"]), "rb").read()
-    assert r0["conversations"] == records[0]["conversations"] and r0["skips"] == {} and r0["key"] == "sft00000"
-    assert src[6]["image"] is None and src[6]["skips"] == {}
-    assert src[7]["skips"] == {"image_missing": 1} and src[7]["image_path"].endswith("missing.png")
-    assert src[8]["skips"] == {"record_unreadable": 1}
-    clone = pickle.loads(pickle.dumps(src))
-    assert clone._samples is None and clone[0]["conversations"] == r0["conversations"]
-
-
-def test_mammoth_records(tmp_path):
-    split = tmp_path / "instruction_si_split"
-    split.mkdir()
-    (tmp_path / "imgs").mkdir()
-    (tmp_path / "imgs" / "a.jpg").write_bytes(image_bytes())
-    json.dump({"image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nq"},
-                                                   {"from": "gpt", "value": "a"}]}, open(split / "a_jpg", "w"))
-    json.dump({"id": "t1", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
-              open(split / "text_t1", "w"))
-    lines = [{"path": "a_jpg", "length": 731}, {"path": "text_t1", "length": 2}, {"path": "missing", "length": 1}]
-    (tmp_path / "mammoth_si_10M_simple.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
-    src = MammothSource(str(tmp_path / "mammoth_si_10M_simple.jsonl"), image_root=str(tmp_path / "imgs"))
-    assert len(src) == 3
-    assert src[0]["image"] == image_bytes() and src[0]["conversations"][1]["value"] == "a"
-    assert src[1]["image"] is None and src[1]["key"] == "t1"
-    assert src[2]["skips"] == {"record_unreadable": 1}
-    assert pickle.loads(pickle.dumps(src))[0]["image"] == image_bytes()
 
 
 class FakeTfds:
@@ -180,7 +141,7 @@ def test_tfds_array_record_roundtrip(tmp_path):
 
 def test_open_source_errors_name_the_field(tmp_path):
     with pytest.raises(UserError, match=r"data.sources\[2\].kind"):
-        open_source({"kind": "parquet", "path": str(tmp_path)}, "data.sources[2]")
+        open_source({"kind": "hdf5", "path": str(tmp_path)}, "data.sources[2]")
     with pytest.raises(UserError, match=r"data.sources\[0\].path"):
         open_source({"kind": "webdataset", "path": str(tmp_path / "nope")}, "data.sources[0]")
     with pytest.raises(UserError, match=r"data.sources\[1\]: .*no \*packed.json"):

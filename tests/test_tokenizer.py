@@ -1,42 +1,10 @@
-import json
-import os
 import pickle
 
 import numpy as np
-import pytest
 
 from data_fixtures import tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401  (fixtures)
 from oq2vl_jax.data.tokenizer import (DocumentLayout, TextEncoder, caption_document, interleaved_document,
-                                      load_tokenizer, truncate_document)
-from oq2vl_jax.errors import UserError
-
-
-def test_load_tokenizer_adds_reference_tokens(tiny_tokenizer_dir):
-    with open(os.path.join(tiny_tokenizer_dir, "tokenizer.json")) as f:
-        base_size = len(json.load(f)["model"]["vocab"])
-    tok = load_tokenizer(tiny_tokenizer_dir)
-    assert len(tok) == base_size + 2
-    assert tok.convert_tokens_to_ids("<|endofchunk|>") == base_size
-    assert tok.bos_token == "<s>" and tok.bos_token_id == base_size + 1
-    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
-    assert tok("<s>a", add_special_tokens=False)["input_ids"][0] == tok.bos_token_id  # matched as a special token
-
-
-def test_load_tokenizer_errors(tmp_path, tiny_tokenizer_dir):
-    with pytest.raises(UserError, match="tokenizer_dir"):
-        load_tokenizer(str(tmp_path / "nope"))
-    with pytest.raises(UserError, match="cannot load"):
-        load_tokenizer(str(tmp_path))  # empty directory
-    # a tokenizer without <|im_start|>
-    spec = json.load(open(os.path.join(tiny_tokenizer_dir, "tokenizer.json")))
-    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] != "<|im_start|>"]
-    spec["model"]["vocab"].pop("<|im_start|>")
-    (tmp_path / "bad").mkdir()
-    json.dump(spec, open(tmp_path / "bad" / "tokenizer.json", "w"))
-    (tmp_path / "bad" / "tokenizer_config.json").write_text(
-        open(os.path.join(tiny_tokenizer_dir, "tokenizer_config.json")).read())
-    with pytest.raises(UserError, match=r"<\|im_start\|>"):
-        load_tokenizer(str(tmp_path / "bad"))
+                                      truncate_document)
 
 
 def test_caption_document_layout(tiny_tokenizer):

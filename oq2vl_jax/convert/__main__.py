@@ -102,14 +102,16 @@ def _vision_overrides(args) -> dict:
 
 def _check_tokenizer_early(directory: str | None) -> None:
     """Fails before minutes of weight reading when the tokenizer is unusable."""
-    from oq2vl_jax.convert import tokenizer
+    from oq2vl_jax import tokens
 
     if directory is not None:
-        tokenizer.check_qwen2(tokenizer.load(directory), directory)
+        tokens.check_qwen2(tokens.open_tokenizer(directory), directory)
 
 
 def run_import(args) -> list[str]:
-    from oq2vl_jax.convert import importer, llava, prismatic
+    from oq2vl_jax.convert import llava, prismatic
+    from oq2vl_jax.convert.write_checkpoint import save_imported
+    from oq2vl_jax.pretrained import importer
 
     if args.source is None:
         if not args.llm or not args.vision:
@@ -118,7 +120,7 @@ def run_import(args) -> list[str]:
         imported = importer.import_sources(args.llm, args.vision, tokens_per_image=args.pool,
                                            projector_seed=args.projector_seed,
                                            vision_overrides=_vision_overrides(args))
-        return importer.save_imported(imported, args.out, args.tokenizer or args.llm)
+        return save_imported(imported, args.out, args.tokenizer or args.llm)
     kind, directory = args.source
     _check_tokenizer_early(args.tokenizer)
     if kind == "prismatic":
@@ -126,11 +128,11 @@ def run_import(args) -> list[str]:
         tok = args.tokenizer or prismatic.tokenizer_dir(directory) or args.llm
         if tok is None:
             raise UserError(f"'{directory}' carries no tokenizer; pass --tokenizer DIR (the Qwen2.5 tokenizer)")
-        return importer.save_imported(imported, args.out, tok)
+        return save_imported(imported, args.out, tok)
     if kind == "hf-llava":
         imported, tok = llava.read(directory)
         try:
-            return importer.save_imported(imported, args.out, args.tokenizer or tok)
+            return save_imported(imported, args.out, args.tokenizer or tok)
         finally:
             shutil.rmtree(tok, ignore_errors=True)
     raise UserError(f"unknown --from kind '{kind}'; choose prismatic or hf-llava")

@@ -9,8 +9,9 @@ import shutil
 import ml_dtypes
 import numpy as np
 
-from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import hf, tensor_files, importer, llava, prismatic, tokenizer
+from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax.convert import llava, prismatic
+from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
 
@@ -27,7 +28,10 @@ def load_checkpoint(ckpt_dir: str, step: int | None = None) -> tuple[VLMConfig, 
     if extra is None:  # trainer steps do not carry it; the import step of the same run does
         with checkpoint_io.manager(ckpt_dir, async_save=False) as mngr:
             for other in sorted(mngr.all_steps()):
-                extra = checkpoint_io.load_item(ckpt_dir, checkpoint_io.VISION_EXTRA, other)
+                try:
+                    extra = checkpoint_io.load_item(ckpt_dir, checkpoint_io.VISION_EXTRA, other)
+                except checkpoint_io.DamagedCheckpoint:
+                    continue  # another step's damage does not matter here
                 if extra is not None:
                     break
     return config, params, extra, meta, step
@@ -48,7 +52,13 @@ def vision_extra_from(src: str, config: VLMConfig) -> dict:
     return extra
 
 
+def _check_out(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out '{out_dir}' is a file; give a new directory to write the export into")
+
+
 def _prepare_out(out_dir: str) -> None:
+    _check_out(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise UserError(f"output '{out_dir}' exists and is not empty; choose a new directory")
     os.makedirs(out_dir, exist_ok=True)
@@ -62,7 +72,7 @@ def export_hf_qwen2(out_dir: str, config: VLMConfig, params: dict, *, dtype, tok
                                                          consume=True), dtype=dtype)
     hf_config = hf.qwen2_config_to_hf(cfg, llm_hf_config, dtype="bfloat16" if dtype == DTYPES["bf16"] else "float32")
     if tokenizer_dir is not None:
-        ids = tokenizer.token_ids(tokenizer.load(tokenizer_dir))
+        ids = tokens.token_ids(tokens.open_tokenizer(tokenizer_dir))
         hf_config.setdefault("eos_token_id", ids["eos"])
         hf_config.setdefault("pad_token_id", ids["pad"])
         for name in os.listdir(tokenizer_dir):
@@ -80,7 +90,11 @@ def export(ckpt_dir: str, to: str, out_dir: str, *, dtype: str = "fp32", step: i
         raise UserError(f"unknown export format '{to}'; choose one of {list(FORMATS)}")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; choose one of {list(DTYPES)}")
-    config, params, extra, meta, step = load_checkpoint(ckpt_dir, step)
+    _check_out(out_dir)  # before minutes of reading
+    try:
+        config, params, extra, meta, step = load_checkpoint(ckpt_dir, step)
+    except checkpoint_io.DamagedCheckpoint as e:
+        raise UserError(f"{e}; export another step with --step N") from e
     if to == "hf-llava":
         llava.check_exportable(config)  # before writing anything
     if vision_src is not None and to != "hf-qwen2":

@@ -21,7 +21,9 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax.convert import hf, tensor_files, importer, tokenizer
+from oq2vl_jax import tokens
+from oq2vl_jax.convert import tokenizer
+from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
 
@@ -53,6 +55,11 @@ CHAT_TEMPLATE = (  # literal text only inside {{ '...' }} so whitespace control 
     "{%- endif -%}"
     "{%- endfor -%}"
 )
+
+# LLaVA-style servers (SGLang's generic llava, LLaVA's `process_images`) pad to a square for "pad" and tile for
+# "anyres*"; any other value means the image processor's own resize, which is ours (squash to the tower's size).
+IMAGE_ASPECT_RATIO = "square"
+STOP_TOKENS = (tokens.EOS_TOKEN, tokens.PAD_TOKEN)  # what our sampler stops on (oq2vl_jax/inference/api.py)
 
 V5 = {"vision": "model.vision_tower.", "projector": "model.multi_modal_projector.", "llm": "model.language_model.",
       "lm_head": "lm_head.weight"}
@@ -106,7 +113,8 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         extra["blocks"] = _zero_blocks(config, params["vision"]["blocks"])
         lines.append("warning: vision blocks after the feature layer are not in the checkpoint; written as zeros "
                      "(LLaVA never uses their output; pass --vision SRC to write the real ones)")
-    tok = tokenizer.load(tokenizer_dir)
+    tok = tokens.open_tokenizer(tokenizer_dir)
+    tokens.add_reference_tokens(tok)  # the chat template writes <s>: a checkpoint saved with a bare tokenizer too
     image_id = tokenizer.add_image_token(tok, config.llm.vocab_size, tokenizer_dir)
     vision_cfg = hf.siglip_config_to_hf(config.vision, use_head="head" in extra)
     text_cfg = hf.qwen2_config_to_hf(config.llm, llm_hf_config)
@@ -118,6 +126,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         multimodal_projector_bias=True, tie_word_embeddings=config.llm.tie_word_embeddings,
         pad_token_id=tok.pad_token_id)
     llava_cfg.architectures = ["LlavaForConditionalGeneration"]
+    llava_cfg.image_aspect_ratio = IMAGE_ASPECT_RATIO  # read by SGLang / LLaVA-style loaders; transformers ignores it
     os.makedirs(out_dir, exist_ok=True)
     files = tensor_files.write_safetensors(out_dir, _tensors(config, params, extra), dtype=dtype)
     llava_cfg.dtype = "bfloat16" if np.dtype(dtype).itemsize == 2 else "float32"
@@ -128,9 +137,12 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
     processor = transformers.LlavaProcessor(
         image_processor=image_processor, tokenizer=tok, patch_size=config.vision.patch_size,
-        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=tokenizer.IMAGE_TOKEN,
+        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=tokens.IMAGE_TOKEN,
         num_additional_image_tokens=0)
     processor.save_pretrained(out_dir)
+    stop_ids = [tok.convert_tokens_to_ids(t) for t in STOP_TOKENS if t in tok.get_vocab()]
+    transformers.GenerationConfig(bos_token_id=tok.convert_tokens_to_ids("<s>"), eos_token_id=stop_ids,
+                                  pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(out_dir)
     lines.append(f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
                  f"tokens, vision_feature_layer {feature_layer_to_llava(config.vision)}, vision hidden_act "
                  f"{vision_cfg['hidden_act']}")
@@ -177,7 +189,7 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
         "fc2": hf._dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
     llm = hf.qwen2_from_hf(get, llm_cfg, prefix=names["llm"], lm_head=names["lm_head"])
     tok_dir = tempfile.mkdtemp(prefix="oq2vl_llava_tok_")
-    tokenizer.strip_added_token(directory, tok_dir, tokenizer.IMAGE_TOKEN)
+    tokenizer.strip_added_token(directory, tok_dir, tokens.IMAGE_TOKEN)
     hf_text = {k: v for k, v in text.items() if k not in ("architectures",)}
     return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra,
                              [f"hf-llava {directory}"], hf_text), tok_dir

@@ -21,7 +21,7 @@ import shutil
 
 import numpy as np
 
-from oq2vl_jax.convert import hf, tensor_files, importer, timm
+from oq2vl_jax.pretrained import hf, importer, tensor_files, timm
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import LLM_PRESETS, VISION_PRESETS, Qwen2Config, VLMConfig
 

@@ -15,7 +15,7 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         # each: {kind: webdataset|packed_json|tfds|llava|mammoth, path, weight, + kind extras: index_dir (webdataset),
-        # tfds_name / split / data_dir / image_key / text_key (tfds), image_root (llava, mammoth)}.
+        # tfds_name / split / data_dir / image_key / text_key (tfds), image_root + index_dir (llava, mammoth)}.
         # A webdataset path may be a directory, one .tar, a glob (train-*.tar), a brace range ({00000..01023}.tar)
         # or a list of these (see data/shard_paths.py).
         "sources": (),
@@ -26,6 +26,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         "row_length": 4096,
         "max_images_per_row": 0,        # 0 = as many as can fit: row_length // (tokens_per_image + 3)
         "packing": "ffd_fill",          # "ffd_fill" (FFD + exact tail fill, >= 99% fill) | "ffd" (plain, as the reference)
+                                        # | "none" (one document per row: the reference's SFT batches)
         "pack_buffer": 2048,            # documents per packing round (memory: encoded bytes of that many images)
         "overlong": "truncate",         # documents longer than row_length: "truncate" (text only) | "drop"
         "label_mode": "default",        # "default" | "reference_compat"
@@ -37,5 +38,6 @@ def default_data_config() -> ml_collections.ConfigDict:
         "shuffle_rows": True,           # emit each FFD round's rows in a seeded random order
         "max_image_pixels": MAX_IMAGE_PIXELS,
         "jpeg_draft": False,            # opt-in faster JPEG decode of large images; NOT bit-exact with the reference
-        "conversation_formatter": "",   # "module:function" turning llava/mammoth records into documents (SFT)
+        "chat_format": "open_qwen2vl",  # SFT (llava/mammoth sources): "open_qwen2vl" | "qwen2" | "qwen2.5" (data/chat.py)
+        "missing_image": "text_only",   # SFT sample with an unusable image: "text_only" (keep the text) | "skip"
     })

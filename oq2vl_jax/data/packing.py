@@ -13,6 +13,8 @@ includes them) and emits the rows, optionally in a seeded random order. Two algo
     images make every document >= tokens_per_image + 4 long, so plain FFD leaves a gap of up to one short document
     in nearly every row (~2% at L=4096, T_img=144); filling the tail exactly removes most of it (see
     benchmarks/bench_data.py).
+  "none": one document per row in arrival order, no packing (the reference's SFT batches: one conversation per
+    padded row).
 
 Checkpointing follows Grain's packing iterators: the state is the parent's state at the start of the current round,
 the number of rows of that round already emitted, and the round number. Restoring re-reads the round's documents,
@@ -76,7 +78,14 @@ def ffd_pack(lengths: Sequence[int], num_images: Sequence[int], row_length: int,
     return rows
 
 
-PACKING_ALGORITHMS = ("ffd", "ffd_fill")
+def no_pack(lengths: Sequence[int], num_images: Sequence[int], row_length: int,
+            max_images_per_row: int) -> list[list[int]]:
+    """"none": one document per row, in arrival order (the reference's SFT batches: one conversation per row)."""
+    _check_fits(lengths, num_images, row_length, max_images_per_row)
+    return [[i] for i in range(len(lengths))]
+
+
+PACKING_ALGORITHMS = ("ffd", "ffd_fill", "none")
 FILL_RESERVE_DOCUMENTS = 12  # room left to the exact fill: enough documents that their sums cover every gap
 
 
@@ -157,7 +166,7 @@ class FFDPackDatasetIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, *, row_length: int, max_images_per_row: int,
                  buffer_size: int, seed: int, shuffle_rows: bool, algorithm: str = "ffd"):
         super().__init__(parent)
-        self._pack = {"ffd": ffd_pack, "ffd_fill": ffd_fill_pack}[algorithm]
+        self._pack = {"ffd": ffd_pack, "ffd_fill": ffd_fill_pack, "none": no_pack}[algorithm]
         self._row_length, self._max_images = row_length, max_images_per_row
         self._buffer_size, self._seed, self._shuffle_rows = buffer_size, seed, shuffle_rows
         self._round = 0

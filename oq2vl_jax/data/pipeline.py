@@ -19,8 +19,7 @@ record count; it visits every record exactly once only when the weights are prop
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import grain
 import ml_collections
@@ -28,10 +27,12 @@ import numpy as np
 
 from oq2vl_jax.data import images as images_lib
 from oq2vl_jax.data.batching import LABEL_MODES, BatchAssembler
+from oq2vl_jax.data.chat import CHAT_FORMATS
 from oq2vl_jax.data.config import default_data_config  # noqa: F401  (re-exported)
+from oq2vl_jax.data.conversations import MISSING_IMAGE_POLICIES, ConversationFormatter
 from oq2vl_jax.data.images import BadImage, probe_image
 from oq2vl_jax.data.packing import PACKING_ALGORITHMS, FFDPackIterDataset, PackedDocument
-from oq2vl_jax.data.sources import CONVERSATION_KINDS, open_source
+from oq2vl_jax.data.sources import open_source
 from oq2vl_jax.data.stats import SKIP_REASONS, STATS_KEYS, DataStats  # noqa: F401  (re-exported)
 from oq2vl_jax.data.tokenizer import (TextEncoder, caption_document, interleaved_document, load_tokenizer,
                                       truncate_document)
@@ -62,7 +63,7 @@ def resolve_config(data_cfg: Any) -> dict:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise UserError(f"data.{name} must be an integer >= {low}, got {value!r}")
     choices = {"resize_mode": images_lib.RESIZE_MODES, "overlong": OVERLONG_POLICIES, "label_mode": LABEL_MODES,
-               "packing": PACKING_ALGORITHMS}
+               "packing": PACKING_ALGORITHMS, "chat_format": CHAT_FORMATS, "missing_image": MISSING_IMAGE_POLICIES}
     for name, options in choices.items():
         if cfg[name] not in options:
             raise UserError(f"data.{name} must be one of {options}, got {cfg[name]!r}")
@@ -84,21 +85,13 @@ class DocumentBuilder:
     """Record -> {"documents": [PackedDocument], "stats": counts}: tokenize, check image headers, count skips."""
 
     def __init__(self, encoder: TextEncoder, *, tokens_per_image: int, row_length: int, max_images_per_row: int,
-                 overlong: str, max_image_pixels: int, conversation_formatter: str = ""):
+                 overlong: str, max_image_pixels: int, chat_format: str = "open_qwen2vl",
+                 missing_image: str = "text_only", reference_compat: bool = False):
         self.encoder, self.tokens_per_image, self.row_length = encoder, tokens_per_image, row_length
         self.max_images, self.overlong, self.max_image_pixels = max_images_per_row, overlong, max_image_pixels
-        self.conversation_formatter = conversation_formatter
-        self._formatter: Callable | None = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_formatter"] = None
-        return state
-
-    def _format_conversation(self, record: dict) -> list[tuple[Any, list[bytes]]]:
-        if self._formatter is None:
-            self._formatter = import_formatter(self.conversation_formatter)
-        return list(self._formatter(self.encoder, record, self.tokens_per_image))
+        self.conversations = ConversationFormatter(encoder, chat_format=chat_format, tokens_per_image=tokens_per_image,
+                                                   max_image_pixels=max_image_pixels, missing_image=missing_image,
+                                                   reference_compat=reference_compat)
 
     def _finish(self, layout, images: list[bytes], doc_id: tuple, stats: dict) -> PackedDocument | None:
         if layout.num_images > self.max_images:
@@ -109,6 +102,9 @@ class DocumentBuilder:
                 stats["overlong_dropped"] = stats.get("overlong_dropped", 0) + 1
                 return None
             layout = truncate_document(layout, self.row_length, self.tokens_per_image)
+            if layout.target_mask is not None and not layout.target_mask[1:].any():  # SFT: no answer token left
+                stats["conversation_invalid"] = stats.get("conversation_invalid", 0) + 1
+                return None
             stats["truncated_overlong"] = stats.get("truncated_overlong", 0) + 1
         return PackedDocument(layout, tuple(images[:layout.num_images]), doc_id)
 
@@ -150,27 +146,14 @@ class DocumentBuilder:
         if record.get("skips"):
             return {"documents": [], "stats": stats}
         documents = []
-        try:
-            formatted = self._format_conversation(record)
-        except (ValueError, KeyError, TypeError, IndexError):
-            stats["record_unreadable"] = stats.get("record_unreadable", 0) + 1
-            formatted = []
+        formatted, counts = self.conversations(record)  # chat formatting (data/conversations.py, data/chat.py)
+        for key, value in counts.items():
+            stats[key] = stats.get(key, 0) + value
         for j, (layout, images) in enumerate(formatted):
-            if not self._images_readable(images, stats):
-                continue
             packed = self._finish(layout, list(images), (record["source"], record["index"], j), stats)
             if packed is not None:
                 documents.append(packed)
         return {"documents": documents, "stats": stats}
-
-
-def import_formatter(path: str) -> Callable:
-    """"module:function" -> the function fn(encoder, record, tokens_per_image) -> [(DocumentLayout, [bytes])]."""
-    module, _, name = (path or "").partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise UserError(f"data.conversation_formatter: cannot import {path!r} ({e}); expected 'module:function'")
 
 
 def _mixed_records(sources: list, weights: list[float], seed: int, shuffle: bool, num_epochs: int):
@@ -213,11 +196,6 @@ def build_dataset(data_cfg: Any, *, tokens_per_image: int, rows_per_batch: int, 
     if not specs:
         raise UserError(f"data.{field} is empty: give at least one {{kind, path, weight}} entry")
     sources = [open_source(spec, f"data.{field}[{i}]") for i, spec in enumerate(specs)]
-    if any(spec["kind"] in CONVERSATION_KINDS for spec in specs) and not cfg["conversation_formatter"]:
-        raise UserError(f"data.{field}: llava/mammoth records need data.conversation_formatter "
-                        "('module:function'); SFT chat formatting is not part of the caption pipeline")
-    if cfg["conversation_formatter"]:
-        import_formatter(cfg["conversation_formatter"])  # fail early, in the main process
     max_images = cfg["max_images_per_row"] or auto_max_images(cfg["row_length"], tokens_per_image)
     encoder = TextEncoder.from_tokenizer(load_tokenizer(cfg["tokenizer_dir"], cfg["row_length"]))
     train = split == "train"
@@ -227,8 +205,9 @@ def build_dataset(data_cfg: Any, *, tokens_per_image: int, rows_per_batch: int, 
         records = records[process_index::process_count]
     builder = DocumentBuilder(encoder, tokens_per_image=tokens_per_image, row_length=cfg["row_length"],
                               max_images_per_row=max_images, overlong=cfg["overlong"],
-                              max_image_pixels=cfg["max_image_pixels"],
-                              conversation_formatter=cfg["conversation_formatter"])
+                              max_image_pixels=cfg["max_image_pixels"], chat_format=cfg["chat_format"],
+                              missing_image=cfg["missing_image"],
+                              reference_compat=cfg["label_mode"] == "reference_compat")
     ds = records.map(builder).to_iter_dataset(
         grain.ReadOptions(num_threads=cfg["read_threads"], prefetch_buffer_size=max(16, 4 * cfg["read_threads"])))
     ds = FFDPackIterDataset(ds, row_length=cfg["row_length"], max_images_per_row=max_images,

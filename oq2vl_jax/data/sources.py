@@ -2,15 +2,13 @@
 
 Every source returns plain dict records; nothing is unpickled and nothing is extracted to disk.
 
-Caption-like sources ("webdataset", "packed_json", "tfds") return
+Caption-like sources ("webdataset", "packed_json", "tfds", "parquet") return
     {"source": name, "index": i, "key": str, "documents": [{"key": str, "parts": [("image", bytes) |
      ("text", str), ...]}, ...], "skips": {reason: n}, "repairs": {reason: n}}
 where a record may hold several documents (a reference packed JSON file) or none (its problem is in "skips").
 
-Conversation sources ("llava", "mammoth") return raw SFT records
-    {"source", "index", "key", "image": bytes | None, "image_path": str | None, "conversations": [{"from", "value"}],
-     "skips": {...}, "repairs": {}}
-(SFT chat formatting is not done here; see pipeline.py's `conversation_formatter`.)
+Conversation sources ("llava", "mammoth") live in conversations.py (records with "conversations" and "images"; chat
+formatting by data/chat.py, chosen by data.chat_format).
 
 Command line:
     python -m oq2vl_jax.data.sources index PATH [PATH ...] [--index-dir D] [--workers N] [--force]
@@ -32,13 +30,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from oq2vl_jax.data import shard_paths
+from oq2vl_jax.data.conversations import LlavaSource, MammothSource
+from oq2vl_jax.data.parquet_source import ParquetSource
+from oq2vl_jax.data.selection import SelectedSource
 from oq2vl_jax.data.webdataset import WebDatasetSource, build_index
 from oq2vl_jax.errors import UserError
 
-SOURCE_KINDS = ("webdataset", "packed_json", "tfds", "llava", "mammoth")
-CAPTION_KINDS = ("webdataset", "packed_json", "tfds")
+SOURCE_KINDS = ("webdataset", "packed_json", "tfds", "parquet", "llava", "mammoth")
+CAPTION_KINDS = ("webdataset", "packed_json", "tfds", "parquet")
 CONVERSATION_KINDS = ("llava", "mammoth")
-MAMMOTH_SPLIT_DIR = "instruction_si_split"
 
 
 def _new_record(name: str, index: int, key: str) -> dict:
@@ -190,115 +190,6 @@ class TfdsSource:
         return record
 
 
-def _read_image_file(image_root: str, rel: str, record: dict) -> bytes | None:
-    path = os.path.join(image_root, rel)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        _count(record, "image_missing")
-        return None
-
-
-def _conversation_record(name: str, index: int, sample: Any, image_root: str) -> dict:
-    record = {"source": name, "index": index, "key": f"{name}:{index}", "image": None, "image_path": None,
-              "conversations": [], "skips": {}, "repairs": {}}
-    if not isinstance(sample, dict) or not isinstance(sample.get("conversations"), list):
-        _count(record, "record_unreadable")
-        return record
-    record["key"] = str(sample.get("id", record["key"]))
-    record["conversations"] = sample["conversations"]
-    if sample.get("image"):
-        record["image_path"] = os.path.join(image_root, sample["image"])
-        record["image"] = _read_image_file(image_root, sample["image"], record)
-    return record
-
-
-class LlavaSource:
-    """LLaVA-style SFT JSON: a list of {"image"?: relpath, "conversations": [...]}; images under image_root."""
-
-    def __init__(self, path: str, *, image_root: str = "", name: str | None = None):
-        self.path = os.path.abspath(os.path.expanduser(path))
-        if not os.path.isfile(self.path):
-            raise UserError(f"llava path {self.path!r} is not a file")
-        self.image_root = os.path.abspath(os.path.expanduser(image_root or os.path.dirname(self.path)))
-        self.name = name or os.path.basename(self.path)
-        self._samples = None
-        self._len = len(self.samples)
-
-    @property
-    def samples(self) -> list:
-        if self._samples is None:
-            try:
-                with open(self.path) as f:
-                    self._samples = json.load(f)
-            except (OSError, ValueError) as e:
-                raise UserError(f"llava path {self.path!r}: cannot read a JSON list ({e})") from e
-            if not isinstance(self._samples, list):
-                raise UserError(f"llava path {self.path!r}: expected a JSON list of samples")
-        return self._samples
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_samples"] = None  # each worker re-reads the file rather than receiving a pickled copy
-        return state
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, index: int) -> dict:
-        return _conversation_record(self.name, int(index), self.samples[int(index)], self.image_root)
-
-
-class MammothSource:
-    """MAmmoTH-VL layout (docs/reference_notes.md §8): jsonl lines {"path": name, "length": n}, each pointing to
-    dirname(jsonl)/instruction_si_split/{name} (a LLaVA-style sample). A .json list of such pointers also works."""
-
-    def __init__(self, path: str, *, image_root: str = "", name: str | None = None):
-        self.path = os.path.abspath(os.path.expanduser(path))
-        if not os.path.isfile(self.path):
-            raise UserError(f"mammoth path {self.path!r} is not a file")
-        self.split_dir = os.path.join(os.path.dirname(self.path), MAMMOTH_SPLIT_DIR)
-        self.image_root = os.path.abspath(os.path.expanduser(image_root or os.path.dirname(self.path)))
-        self.name = name or os.path.basename(self.path)
-        self._offsets = None
-        self._len = len(self.offsets)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """Byte offset of every non-empty line (kept as int64, not as 10M python strings)."""
-        if self._offsets is None:
-            offsets, pos = [], 0
-            with open(self.path, "rb") as f:
-                for line in f:
-                    if line.strip():
-                        offsets.append(pos)
-                    pos += len(line)
-            self._offsets = np.asarray(offsets, np.int64)
-        return self._offsets
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_offsets"] = None
-        return state
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(int(self.offsets[index]))
-                pointer = json.loads(f.readline())
-            with open(os.path.join(self.split_dir, pointer["path"])) as f:
-                sample = json.load(f)
-        except (OSError, ValueError, KeyError, TypeError):
-            record = _conversation_record(self.name, index, None, self.image_root)
-            return record
-        return _conversation_record(self.name, index, sample, self.image_root)
-
-
 def source_path_exists(spec: Mapping[str, Any]) -> bool:
     """Cheap start-up check of a source entry's path (a webdataset path may be a pattern or a list)."""
     path = spec.get("path") or ""
@@ -317,15 +208,25 @@ def open_source(spec: Mapping[str, Any], field: str = "source"):
     name = spec.get("name") or None
     if kind == "webdataset":  # a path, a glob / brace pattern, or a list of them (data/shard_paths.py)
         try:
-            return WebDatasetSource(spec.get("path"), index_dir=spec.get("index_dir") or None, name=name)
+            source = WebDatasetSource(spec.get("path"), index_dir=spec.get("index_dir") or None, name=name)
         except UserError as e:
             raise UserError(f"{field}.path: {e}") from None
+        if not spec.get("select"):
+            return source
+        try:  # a selection file (data/selection.py) restricts the source to its rows, without copying
+            return SelectedSource(source, spec["select"])
+        except UserError as e:
+            raise UserError(f"{field}.select: {e}") from None
     path = str(spec.get("path") or "")
-    if kind != "tfds" and not os.path.exists(os.path.expanduser(path)):
+    if kind not in ("tfds", "parquet") and not os.path.exists(os.path.expanduser(path)):
         raise UserError(f"{field}.path: {path!r} does not exist")
     try:
         if kind == "packed_json":
             return PackedJsonSource(path, name=name)
+        if kind == "parquet":  # Hugging Face parquet datasets (data/parquet_source.py); path may be a glob
+            return ParquetSource(path, image_column=spec.get("image_column", "image"),
+                                 text_column=spec.get("text_column", "text"),
+                                 text_json_path=spec.get("text_json_path", ""), name=name)
         if kind == "tfds":
             if not path and not spec.get("tfds_name"):
                 raise UserError(f"{field}: a tfds source needs tfds_name (registered name) or path (prepared dir)")
@@ -334,8 +235,10 @@ def open_source(spec: Mapping[str, Any], field: str = "source"):
                               image_key=spec.get("image_key", "image"), text_key=spec.get("text_key", "text"),
                               source_name=name)
         if kind == "llava":
-            return LlavaSource(path, image_root=spec.get("image_root", ""), name=name)
-        return MammothSource(path, image_root=spec.get("image_root", ""), name=name)
+            return LlavaSource(path, image_root=spec.get("image_root", ""), name=name,
+                               index_dir=spec.get("index_dir") or None)
+        return MammothSource(path, image_root=spec.get("image_root", ""), name=name,
+                             index_dir=spec.get("index_dir") or None)
     except UserError as e:
         raise UserError(f"{field}: {e}") from None
 

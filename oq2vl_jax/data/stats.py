@@ -31,11 +31,15 @@ SKIP_REASONS = (
     "image_too_large",     # more than max_image_pixels pixels (decompression-bomb guard)
     "too_many_images",     # a document with more images than max_images_per_row
     "overlong_dropped",    # a document longer than row_length with overlong="drop"
+    "conversation_invalid",  # SFT: unknown role, non-text turn, no user -> assistant exchange, image count mismatch
 )
 REPAIR_REASONS = (
     "repaired_text_utf8",      # caption bytes that were not UTF-8: decoded with U+FFFD replacement
     "repaired_image_mode",     # image not in RGB mode (L, CMYK, P, LA, RGBA, I;16, ...): converted to RGB
     "truncated_overlong",      # a document longer than row_length cut to fit (never through an image block)
+    "repaired_roles",          # SFT: turns of one role merged, a leading assistant / trailing user turn dropped
+    "repaired_image_placeholder",  # SFT: <image> added (LLaVA convention) or removed (text-only record)
+    "repaired_image_dropped",  # SFT: an unusable image; the conversation kept text-only (data.missing_image)
 )
 TOTAL_KEYS = ("documents", "num_images", "real_tokens", "capacity_tokens")
 STATS_KEYS = SKIP_REASONS + REPAIR_REASONS + TOTAL_KEYS

@@ -1,7 +1,6 @@
-"""The Qwen2 tokenizer as the reference sets it up, and the token layout of one document (docs/reference_notes.md §3).
+"""The token layout of one document, as the reference builds it (docs/reference_notes.md §3).
 
-`load_tokenizer(dir)` loads a local HF tokenizer directory offline, adds `<|endofchunk|>` and `<s>` as additional
-special tokens and makes `<s>` the BOS, as the reference does. A caption document is
+The tokenizer itself (special tokens, `load_tokenizer`) is oq2vl_jax/tokens.py. A caption document is
 
     <s> [image x T_img] \n caption <|im_end|>
 
@@ -14,51 +13,15 @@ special ids, so worker processes never import transformers.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.tokens import BOS_TOKEN, ENDOFCHUNK_TOKEN, EOS_TOKEN, IMAGE_TOKEN, IMAGE_TOKEN_ESCAPED, PAD_TOKEN
+from oq2vl_jax.tokens import load_tokenizer  # noqa: F401  (defined in tokens.py; data callers import it from here)
 
-ADDED_SPECIAL_TOKENS = ("<|endofchunk|>", "<s>")
-BOS_TOKEN = "<s>"
-ENDOFCHUNK_TOKEN = "<|endofchunk|>"
-REQUIRED_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-EOS_TOKEN = "<|im_end|>"
-PAD_TOKEN = "<|endoftext|>"
-IMAGE_PLACEHOLDER = "<image>"  # the reference escapes it in captions; we do the same so ids match
-IMAGE_PLACEHOLDER_ESCAPED = "<image-placeholder>"
 IMAGE_TOKEN_FILL = 0  # input id stored at image positions (overwritten by image embeddings)
-
-
-def load_tokenizer(tokenizer_dir: str, model_max_length: int = 4096):
-    """Loads a local HF tokenizer directory (offline) and adds the reference's special tokens. Raises UserError."""
-    if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
-        raise UserError(f"data.tokenizer_dir: {tokenizer_dir!r} is not a directory; point it at a local HF tokenizer "
-                        "directory (tokenizer.json + tokenizer_config.json): the LLM's, or one built from your "
-                        "captions with `python -m oq2vl_jax.data.build_tokenizer SHARDS --out DIR`")
-    from transformers import AutoTokenizer  # lazy: worker processes never need transformers
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True,
-                                                  model_max_length=model_max_length)
-    except Exception as e:
-        raise UserError(f"data.tokenizer_dir: cannot load a tokenizer from {tokenizer_dir!r} "
-                        f"({type(e).__name__}: {e})") from e
-    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise UserError(f"data.tokenizer_dir: {tokenizer_dir!r} loads a slow tokenizer; a fast tokenizer "
-                        "(tokenizer.json) is required")
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in REQUIRED_SPECIAL_TOKENS if t not in vocab]
-    if missing:
-        raise UserError(f"data.tokenizer_dir: tokenizer in {tokenizer_dir!r} lacks the Qwen2 special tokens "
-                        f"{missing}; use a Qwen2 / Qwen2.5 tokenizer directory")
-    tokenizer.add_special_tokens({"additional_special_tokens": list(ADDED_SPECIAL_TOKENS)})
-    tokenizer.bos_token = BOS_TOKEN
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = PAD_TOKEN
-    return tokenizer
 
 
 class TextEncoder:
@@ -76,7 +39,7 @@ class TextEncoder:
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, ENDOFCHUNK_TOKEN)}
         missing = [t for t, i in ids.items() if i is None or i == tokenizer.unk_token_id]
         if missing:
-            raise UserError(f"tokenizer lacks {missing}; load it with oq2vl_jax.data.tokenizer.load_tokenizer")
+            raise UserError(f"tokenizer lacks {missing}; load it with oq2vl_jax.tokens.load_tokenizer")
         return cls(tokenizer.backend_tokenizer, bos_id=ids[BOS_TOKEN], eos_id=ids[EOS_TOKEN], pad_id=ids[PAD_TOKEN],
                    endofchunk_id=ids[ENDOFCHUNK_TOKEN], vocab_size=len(tokenizer))
 
@@ -123,7 +86,7 @@ def _layout(pieces: Sequence[list[int] | int], tokens_per_image: int) -> Documen
 
 
 def _escape(text: str) -> str:
-    return text.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER_ESCAPED)
+    return text.replace(IMAGE_TOKEN, IMAGE_TOKEN_ESCAPED)  # the reference escapes `<image>` in captions
 
 
 def caption_document(tokenizer, caption: str, tokens_per_image: int) -> DocumentLayout:

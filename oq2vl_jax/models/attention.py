@@ -12,6 +12,12 @@
 Shapes: q [B, T, H, D], k and v [B, S, K, D] with H a multiple of K (grouped-query attention).
 segment_ids [B, T] (self-attention; 0 = padding) or None for unmasked (non-causal vision) attention.
 Padding queries attend to padding keys only, so no row is fully masked and outputs stay finite.
+
+Keys that are not the queries (a KV cache: S cache slots, T new tokens) are described separately: pass
+`kv_segment_ids` [B, S] and `q_positions` [B, T] / `kv_positions` [B, S]. A query then sees a key when both are in
+the same document, the key's position is <= the query's, and the key is not padding (segment 0). This general mask
+always runs on the xla path (prefill and decode are memory-bound; the fused kernels assume T == S); training, where
+queries are the keys, keeps its backend.
 """
 
 from __future__ import annotations
@@ -45,8 +51,22 @@ def segment_mask(segment_ids: jax.Array | None, length: int, causal: bool) -> ja
     return mask
 
 
+def cache_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_positions: jax.Array,
+               kv_positions: jax.Array) -> jax.Array:
+    """Boolean [B, 1, T, S]: same document, key position <= query position, key not padding."""
+    same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
+    return (same & causal & (kv_segment_ids > 0)[:, None, :])[:, None]
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *, causal: bool,
-              backend: str = "auto", splash_interpret: bool = False) -> jax.Array:
+              backend: str = "auto", splash_interpret: bool = False, kv_segment_ids: jax.Array | None = None,
+              q_positions: jax.Array | None = None, kv_positions: jax.Array | None = None) -> jax.Array:
+    if kv_segment_ids is not None:  # keys are not the queries: a KV cache
+        if segment_ids is None or q_positions is None or kv_positions is None:
+            raise ValueError("cached attention needs query and key segment ids and positions")
+        mask = cache_mask(segment_ids, kv_segment_ids, q_positions, kv_positions)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
     backend = resolve_backend(backend)
     if backend == "xla":
         mask = segment_mask(segment_ids, q.shape[1], causal)

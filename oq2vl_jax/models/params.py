@@ -57,3 +57,22 @@ def load_params(module: nnx.Module, tree: dict) -> nnx.Module:
 
 def vlm_from_params(config: VLMConfig, tree: dict, options: ModelOptions = ModelOptions()) -> VLM:
     return load_params(abstract_vlm(config, options), tree)
+
+
+def path_str(path) -> str:
+    return "/".join(str(getattr(p, "key", p)) for p in path)
+
+
+def logical_axes(module: nnx.Module) -> dict[str, tuple]:
+    """'/'-joined parameter path -> logical axis names, one per dimension ("layers" first for stacked blocks)."""
+    out = {}
+    state = nnx.state(module, nnx.Param)
+    for path, var in jax.tree_util.tree_leaves_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        axes = tuple(var.get_metadata()["logical_axes"])
+        ndim = len(var.get_value().shape)
+        if len(axes) == ndim - 1:  # stacked blocks: the leading dimension is the layer index
+            axes = ("layers",) + axes
+        if len(axes) != ndim:
+            raise ValueError(f"parameter {path_str(path)} has logical axes {axes} for shape {var.get_value().shape}")
+        out[path_str(path)] = axes
+    return out

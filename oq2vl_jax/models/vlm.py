@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from oq2vl_jax.models.cache import KVCache
 from oq2vl_jax.models.losses import chunked_cross_entropy
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig
 from oq2vl_jax.models.projector import Projector
@@ -86,7 +87,11 @@ class VLM(nnx.Module):
             segment_ids = (segment_ids > 0).astype(jnp.int32)
         return positions, segment_ids
 
-    def hidden_states(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    def hidden_states(self, batch: Mapping[str, jax.Array], cache: KVCache | None = None):
+        """[B, L, D]; with a KV cache (generation: one document per row at its own `positions`), also the updated
+        cache (see `Qwen2.hidden_states`)."""
+        if cache is not None:
+            return self.llm.hidden_states(self.embed(batch), batch["positions"], batch["segment_ids"], cache)
         positions, segment_ids = self._positions_and_segments(batch)
         return self.llm.hidden_states(self.embed(batch), positions, segment_ids)
 

@@ -19,23 +19,31 @@ replicated. The files are the same format, so `checkpoint_io` (StandardRestore) 
 
 The data iterator state is per process, so it restores only with the same process count; otherwise the restore fails
 with a message, unless `checkpoint.restore_data=False`, which restarts the data stream from its start.
+
+A step that does not restore (a file truncated or missing, JSON that does not parse: a disk filled up, a copy cut
+short, a hand edit) is moved to WORKDIR/checkpoints/corrupt/<step> with a warning naming it and the error, and the run
+resumes from the newest step that does restore (`restore_newest_intact`). When none does, the run stops with one
+line and moves nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-from oq2vl_jax import checkpoint_io
+from oq2vl_jax import checkpoint_io, tokens
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.training.state import TrainState, merge_params, split_params
 
 ITEMS = ("params", "meta", "opt_state", "train", "data")
+CORRUPT_SUBDIR = "corrupt"  # damaged steps are moved here, never deleted
+T = TypeVar("T")
 
 
 def _array_registry():
@@ -119,13 +127,55 @@ class Checkpointer:
                            nonfinite_total=scalar(info["nonfinite_total"], abstract.nonfinite_total))
         return state, data_state, info
 
+    def restore_newest_intact(self, restore: Callable[[int], T]) -> tuple[int | None, T | None]:
+        """`restore(step)` on the newest step on which it succeeds: (step, its result), or (None, None) when there are
+        no steps. Newer steps on which it fails are moved to CORRUPT_SUBDIR/<step> with a warning. A UserError from
+        `restore` (a config that does not fit the run) propagates: that is no damage. UserError when every step
+        fails; nothing is moved then."""
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                result, error = restore(step), None
+            except checkpoint_io.DamagedCheckpoint as e:
+                result, error = None, str(e)
+            except UserError:
+                raise
+            except Exception as e:  # orbax / tensorstore / json / missing files: the step is damaged
+                result, error = None, " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            if _all_processes_ok(error is None):
+                for bad, reason in failures:
+                    self._move_aside(bad, reason)
+                if failures:
+                    self.manager.reload()
+                return step, result
+            failures.append((step, error or "failed on another process"))
+            logging.warning("checkpoint %s/%d does not restore (%s); trying the previous step", self.directory, step,
+                            failures[-1][1])
+        if failures:
+            listed = "; ".join(f"step {s}: {r[:120]}" for s, r in failures)
+            raise UserError(f"no checkpoint in {self.directory} restores ({listed}); move the step directories away "
+                            "to start from scratch (or restore them from a copy)")
+        return None, None
+
+    def _move_aside(self, step: int, reason: str) -> None:
+        if jax.process_index() == 0:
+            aside = os.path.join(self.directory, CORRUPT_SUBDIR)
+            os.makedirs(aside, exist_ok=True)
+            dst, n = os.path.join(aside, str(step)), 1
+            while os.path.exists(dst):
+                dst, n = os.path.join(aside, f"{step}.{n}"), n + 1
+            os.replace(os.path.join(self.directory, str(step)), dst)
+            logging.warning("checkpoint step %d is damaged (%s): moved to %s; resuming from an earlier step", step,
+                            reason, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("damaged checkpoint moved aside")
+
     def write_tokenizer(self, tokenizer_dir: str, vocab_size: int) -> None:
         """Stores the tokenizer (with the reference's added tokens, tokenizer files only) beside the steps."""
-        from oq2vl_jax.convert import tokenizer as tokenizer_lib
-
         dst = os.path.join(self.directory, checkpoint_io.TOKENIZER_DIR)
         if jax.process_index() == 0 and tokenizer_dir and os.path.abspath(tokenizer_dir) != dst:
-            tokenizer_lib.prepare(tokenizer_dir, dst, vocab_size=vocab_size)
+            tokens.prepare(tokenizer_dir, dst, vocab_size=vocab_size)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -133,6 +183,14 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _all_processes_ok(ok: bool) -> bool:
+    """Every process restores its own files (its data state, its shards): all must succeed for a step to be used."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).all())
 
 
 def _snapshot(item: Mapping[str, Any]) -> dict:

@@ -23,21 +23,40 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The records of WORKDIR/metrics.jsonl. A line that does not parse (a crash mid-write leaves a partial last
+    line) is skipped with a warning; `truncate_metrics` drops it from the file."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
+    records, bad = [], 0
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                bad += 1
+    if bad:
+        logging.warning("%s: skipped %d line(s) that are not JSON records (a run stopped mid-write)", path, bad)
+    return records
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
-    """Drops records after `last_step` (a resumed run recomputes those steps), so each step appears once."""
-    records = [r for r in read_metrics(workdir) if r.get("step", 0) <= last_step]
+    """Keeps the records up to `last_step` (the step the run starts from: 0 when no checkpoint exists) and drops the
+    rest, and any partial line: those steps are run again, so each step appears once."""
     path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):
-        with open(path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(path + ".tmp", path)
+    if not os.path.exists(path):
+        return
+    records = [r for r in read_metrics(workdir) if r.get("step", 0) <= last_step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(path + ".tmp", path)
 
 
 class Window:

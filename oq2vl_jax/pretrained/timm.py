@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from oq2vl_jax.convert import hf, tensor_files
+from oq2vl_jax.pretrained import hf, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_EXACT, SiglipConfig
 

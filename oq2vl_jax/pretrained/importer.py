@@ -1,8 +1,9 @@
-"""Building oq2vl_jax weights from pretrained parts: an HF Qwen2 LLM + a SigLIP vision tower in any of the supported
-namings (HF, timm / open_clip, big_vision) + a freshly initialised projector, and writing them as a checkpoint.
+"""oq2vl_jax weights from pretrained parts: an HF Qwen2 LLM + a SigLIP vision tower in any of the supported namings
+(HF, timm / open_clip, big_vision) + a freshly initialised projector.
 
-`import_pretrained` is what the trainer calls to get initial weights; `import_sources` also returns the vision parts
-the model does not run (`vision_extra`), which `save_imported` stores beside the parameters.
+`import_pretrained` is what the trainer calls to get initial weights (init.source=pretrained); `import_sources` also
+returns the vision parts the model does not run (`vision_extra`), which `convert import` stores beside the parameters
+(oq2vl_jax/convert/write_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 
 import numpy as np
 
-from oq2vl_jax import checkpoint_io
-from oq2vl_jax.convert import big_vision, hf, tensor_files, timm, tokenizer
+from oq2vl_jax.pretrained import big_vision, hf, tensor_files, timm
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import Qwen2Config, SiglipConfig, VLMConfig
 
@@ -186,43 +185,3 @@ def cast_tree(tree: dict, dtype) -> dict:
             value = np.asarray(value)
             out[key] = value.astype(dtype, copy=False) if dtype is not None and tensor_files.is_float(value.dtype) else value
     return out
-
-
-def save_imported(imported: Imported, out_dir: str, tokenizer_dir: str | None) -> list[str]:
-    """Writes the checkpoint (step 0, params + meta + vision_extra, tokenizer with the reference's tokens);
-    returns summary lines."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise UserError(f"output '{out_dir}' exists and is not empty; choose a new directory")
-    lines = list(imported.description)
-    meta = {"source": imported.description}
-    if imported.llm_hf_config is not None:
-        meta["llm_hf_config"] = imported.llm_hf_config
-    with tempfile.TemporaryDirectory() as tmp:
-        tok_out = None
-        if tokenizer_dir is not None:
-            tok_out = os.path.join(tmp, "tokenizer")
-            ids = tokenizer.prepare(tokenizer_dir, tok_out, vocab_size=imported.config.llm.vocab_size)
-            meta["token_ids"] = ids
-            lines.append(f"tokenizer: {ids['size']} tokens, <|endofchunk|>={ids['endofchunk']}, <s> (bos)={ids['bos']}")
-        else:
-            lines.append("tokenizer: none copied (pass --tokenizer DIR)")
-        path = checkpoint_io.save_params(out_dir, imported.params, imported.config, tokenizer_dir=tok_out,
-                                         extra_items={checkpoint_io.VISION_EXTRA: imported.vision_extra}, **meta)
-    cfg = imported.config
-    n_params = sum(int(np.prod(np.shape(a))) for a in leaves(imported.params))
-    lines.append(f"model: vision {cfg.vision.width}x{cfg.vision.depth} (runs {cfg.vision.num_blocks_run} blocks, "
-                 f"{cfg.vision.hidden_act} GELU, {cfg.vision.image_size}px), llm {cfg.llm.hidden_size}x"
-                 f"{cfg.llm.num_layers} vocab {cfg.llm.vocab_size}, {cfg.tokens_per_image} tokens per image, "
-                 f"{n_params / 1e6:.1f}M parameters")
-    extra = sorted(imported.vision_extra)
-    lines.append(f"vision_extra: {', '.join(extra) if extra else 'none'}")
-    lines.append(f"wrote {path}")
-    return lines
-
-
-def leaves(tree: dict):
-    for value in tree.values():
-        if isinstance(value, dict):
-            yield from leaves(value)
-        else:
-            yield value

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from oq2vl_jax.convert.tensor_files import Getter, TensorSource
+from oq2vl_jax.pretrained.tensor_files import Getter, TensorSource
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import GELU_EXACT, GELU_TANH, Qwen2Config, SiglipConfig
 

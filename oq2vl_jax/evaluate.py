@@ -1,0 +1,142 @@
+"""Benchmark evaluation CLI (docs/evaluation.md).
+
+    python -m oq2vl_jax.evaluate --ckpt CKPT --task mmmu,pope --data DIR --out OUT [--limit N]
+        [--prompt reference|chat] [--batch B] [--seed S] [--dry_run]
+    python -m oq2vl_jax.evaluate compare OUT_A OUT_B [--seed S]
+
+Writes OUT/<task>/predictions.jsonl (one record per item; a rerun skips finished items), OUT/summary.json and
+OUT/report.md. `--dry_run` loads the data and builds every prompt, prints the item counts and one prompt per task,
+and loads no model. Mistakes (missing file, unknown task, a different run already in OUT) print one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging as std_logging
+import os
+import sys
+
+from absl import logging
+
+from oq2vl_jax.errors import UserError
+
+EXIT_USER_ERROR = 2
+RUN_FILE = "run.json"
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m oq2vl_jax.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", default="", help="checkpoint directory (a training run or an imported checkpoint)")
+    p.add_argument("--task", required=True, help="comma-separated task names")
+    p.add_argument("--data", required=True, help="directory with one folder per benchmark (docs/evaluation.md)")
+    p.add_argument("--out", required=True, help="output directory (created; a rerun resumes)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N items of each task (0 = all)")
+    p.add_argument("--prompt", choices=("reference", "chat"), default="reference")
+    p.add_argument("--batch", type=int, default=8, help="items per model call per process")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scorers' random fallback guesses")
+    p.add_argument("--dry_run", action="store_true", help="check data and prompts; load no model")
+    return p
+
+
+def _compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m oq2vl_jax.evaluate compare")
+    p.add_argument("out_a")
+    p.add_argument("out_b")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return p
+
+
+def _check_run_file(out_dir: str, run: dict) -> None:
+    """One output directory holds one run: a rerun must use the same checkpoint, prompt style, seed and limit."""
+    path = os.path.join(out_dir, RUN_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = [k for k in ("ckpt", "prompt", "seed", "limit") if old.get(k) != run.get(k)]
+        if diff:
+            raise UserError(f"--out {out_dir} holds a run with different {', '.join(diff)} "
+                            f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); choose another --out")
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(run, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:
+    """Runs the tasks; `model` is an EvalModel (loaded from --ckpt when None). Returns the summary."""
+    from oq2vl_jax.evals import registry, report, runner
+
+    tasks = registry.get_tasks(args.task)
+    if args.limit < 0:
+        raise UserError(f"--limit must be >= 0, got {args.limit}")
+    loaded = []
+    for task in tasks:  # every file is checked before any model is loaded
+        items = task.load(args.data)
+        loaded.append((task, items[:args.limit] if args.limit else items))
+    if args.dry_run:
+        for task, items in loaded:
+            print(f"{task.name}: {len(items)} items")
+            if items:
+                from oq2vl_jax.evals.prompts import display
+
+                for name, req in task.requests(items[0], args.prompt).items():
+                    print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {display(req)!r}")
+        return {}
+    run = {"ckpt": os.path.abspath(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
+           "limit": args.limit}
+    if process_index == 0:
+        _check_run_file(args.out, run)
+    if model is None:
+        from oq2vl_jax.evals.model import load_model
+
+        model = load_model(args.ckpt)
+        process_index, process_count, barrier = model.process_index, model.process_count, model.barrier
+    summary = {"run": run, "tasks": {}}
+    records_by_task = {}
+    for task, items in loaded:
+        records = runner.run_task(task, items, model, args.out, style=args.prompt, batch=args.batch, seed=args.seed,
+                                  process_index=process_index, process_count=process_count, barrier=barrier)
+        records_by_task[task.name] = records
+        summary["tasks"][task.name] = runner.summarize(task, items, records)
+    if process_index == 0:
+        report.write_summary(args.out, summary)
+        report.write_report(args.out, summary, records_by_task)
+        for name, t in summary["tasks"].items():
+            logging.info("%s: strict %.2f, reference %.2f (%d/%d items)", name, t.get("strict", {}).get("score", 0),
+                         t.get("reference", {}).get("score", 0), t["scored"], t["items"])
+    return summary
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Keeps our INFO lines and every library's warnings; drops library INFO chatter (orbax logs each restore)."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    std_logging.getLogger("absl").addFilter(_QuietLibraries())
+    logging.set_verbosity(logging.INFO)
+    try:
+        if argv[:1] == ["compare"]:
+            from oq2vl_jax.evals.compare import compare, render
+
+            args = _compare_parser().parse_args(argv[1:])
+            print(render(compare(args.out_a, args.out_b, seed=args.seed), args.out_a, args.out_b), end="")
+            return 0
+        args = _eval_parser().parse_args(argv)
+        if not args.dry_run and not args.ckpt:
+            raise UserError("--ckpt is required (or --dry_run to check data and prompts only)")
+        evaluate(args)
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The run directory: checked before anything heavy (a directory we can write), and locked for one trainer at a time.
+
+The lock is WORKDIR/train.lock, created exclusively (O_EXCL) by process 0 and holding {"pid", "host", "started"}. It is
+removed when the run ends, however it ends short of SIGKILL. A lock left by a trainer that died (kill -9, a crashed
+machine) is taken over when it names this host and a pid that no longer runs a process; a lock from another host
+cannot be checked from here, so the message says how to remove it once that trainer is known to be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import tempfile
+
+from absl import logging
+
+from oq2vl_jax.errors import UserError
+
+LOCK_FILE = "train.lock"
+_held: dict[str, int] = {}  # lock path -> nesting depth in this process (the CLI and loop.run both take it)
+
+
+def check_workdir(workdir: str) -> str:
+    """The absolute workdir, created if missing; UserError when it is a file or cannot be written."""
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} is a file, not a directory; choose a directory for the run")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise UserError(f"--workdir {workdir} cannot be written ({e.strerror or e}); choose a writable "
+                        "directory") from e
+    return workdir
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user has that pid
+        return True
+    return True
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}  # half-written by a trainer killed while taking it: treated as stale below
+
+
+def _describe(owner: dict) -> str:
+    return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
+
+
+def acquire(workdir: str) -> str:
+    """Takes WORKDIR/train.lock for this process (re-entrant); returns its path. UserError when another trainer
+    holds it."""
+    path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    if path in _held:
+        _held[path] += 1
+        return path
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read(path)
+            same_host = owner.get("host") == mine["host"]
+            if owner and not same_host:
+                raise UserError(f"{path} says another trainer uses this workdir ({_describe(owner)}); run one "
+                                "trainer per workdir. If that trainer is gone, delete the lock file and rerun")
+            if owner and _pid_running(int(owner.get("pid", -1))):
+                raise UserError(f"another trainer is running in this workdir ({_describe(owner)}, lock {path}); "
+                                "wait for it, stop it, or choose another --workdir")
+            logging.warning("taking over the stale lock %s (%s is not running)", path,
+                            _describe(owner) if owner else "an unreadable lock")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        _held[path] = 1
+        return path
+    raise UserError(f"could not take the lock {path} (another trainer is starting in this workdir?); rerun")
+
+
+def release(path: str) -> None:
+    if path not in _held:
+        return
+    _held[path] -= 1
+    if _held[path] == 0:
+        del _held[path]
+        if _read(path).get("pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+@contextlib.contextmanager
+def locked(workdir: str, enabled: bool = True):
+    """`with locked(workdir):` the run holds WORKDIR/train.lock (only where enabled: process 0)."""
+    path = acquire(workdir) if enabled else None
+    try:
+        yield path
+    finally:
+        if path is not None:
+            release(path)
