@@ -62,6 +62,7 @@ INSTALL = ByTest("tests/test_install.py::test_pyproject_and_requirements_agree_a
 CONVERT_ROUND_TRIP = ByTest("tests/test_convert_cli.py::test_cli_round_trips")
 CONVERT_EXPORT_HELP = Help(("-m", "oq2vl_jax.convert", "export"))
 TRAIN_DRY = Run(extra=("--dry_run",), expect="per-device memory")
+CURATE_AS_DOCUMENTED = ByTest("tests/test_curate_reshard.py::test_cli_keys_select_reshard_as_documented")
 
 COMMANDS = {
     # README.md
@@ -112,11 +113,78 @@ COMMANDS = {
     "python -m oq2vl_jax.data.build_tokenizer '/data/shards/{00000..00099}.tar' --out /models/my_tokenizer "
     "--max-captions 200000": Run({"/data/shards/{00000..00099}.tar": "{shards}/{00000..00002}.tar",
                                   "/models/my_tokenizer": "{tmp}/tok2"}, expect="tokenizer written to"),
+    # commands added by other branches (curation, SFT, inference, evaluation)
+    'python -m oq2vl_jax.curate score --model /models/siglip-so400m-patch14-384 --shards /data/dc --out '
+    '/data/dc_tables':
+        Help(("-m", "oq2vl_jax.curate", "score")),
+    'python -m oq2vl_jax.curate select --shards /data/dc --tables /data/dc_tables --task siglip --out sel.npz '
+    '--rule \'{"and": [{"table": "siglip", "top_fraction": 0.3}, {"basic": {}}]}\'':
+        CURATE_AS_DOCUMENTED,
+    'python -m oq2vl_jax.generate --ckpt runs/demo/checkpoints --image runs/demo/eval000002.jpg --template '
+    'base --prompt ""':
+        Help(("-m", "oq2vl_jax.generate")),
+    'python -m oq2vl_jax.generate --ckpt CKPT --input prompts.jsonl --out answers.jsonl':
+        Help(("-m", "oq2vl_jax.generate")),
+    'python -m oq2vl_jax.train --config configs/demo_sft.py --workdir runs/demo_sft':
+        TRAIN_DRY,
+    'python -m oq2vl_jax.train --config configs/sft_llava665k.py --workdir runs/sft_llava '
+    '--config.init.init_from=runs/pretrain/checkpoints --config.data.sources=\'({"kind": "llava", "path": '
+    '"/data/llava/llava_v1_5_mix665k.json", "image_root": "/data/llava/images"},)\'':
+        ByTest("tests/test_sft_configs.py::test_sft_dry_run_through_the_cli"),
+    'python -m oq2vl_jax.evaluate --ckpt runs/demo --task demo --data runs/demo/demo_data --out runs/demo/eval':
+        Help(("-m", "oq2vl_jax.evaluate")),
+    'python -m oq2vl_jax.evaluate --ckpt CKPT --task mmmu,mmbench,seedbench,mmstar,ai2d,textvqa,mathvista,pope '
+    '--data DIR --out OUT [--prompt reference|chat] [--batch B] [--limit N]':
+        Help(("-m", "oq2vl_jax.evaluate")),
+    'python -m oq2vl_jax.evaluate compare OUT_A OUT_B':
+        Help(("-m", "oq2vl_jax.evaluate", "compare")),
+    'python -m oq2vl_jax.curate score --model /models/siglip-so400m-patch14-384 --shards /data/datacomp/shards '
+    '--out /data/datacomp/tables --batch-size 256 --dtype bfloat16':
+        Help(("-m", "oq2vl_jax.curate", "score")),
+    'python -m oq2vl_jax.curate keys --shards /data/datacomp/shards --out /data/datacomp/tables':
+        CURATE_AS_DOCUMENTED,
+    'python -m oq2vl_jax.curate select --shards /data/datacomp/shards --tables /data/datacomp/tables --out '
+    'su85_dfn.npz --rule \'{"and": [{"union": [{"mlm": "/data/datacomp/shards", "task": '
+    '"semantic_understanding", "min": 85}, {"uids": "/data/dfn/datacomp_medium_dfn_20m_inds.npy"}]}, {"basic": '
+    '{"min_side": 10, "max_aspect": 4}}]}\'':
+        CURATE_AS_DOCUMENTED,
+    'python -m oq2vl_jax.curate reshard --selection su85_dfn.npz --out /data/datacomp/su85_dfn_shards':
+        CURATE_AS_DOCUMENTED,
+    'python -m oq2vl_jax.curate mlm --ckpt /ckpts/mlm_filter --shards /data/datacomp/shards --out '
+    '/data/datacomp/shards --tasks semantic_understanding --batch-size 64':
+        Help(("-m", "oq2vl_jax.curate", "mlm")),
+    'python -m oq2vl_jax.evaluate --ckpt CKPT --task mmmu,mmbench,pope --data DIR --out OUT [--limit N] '
+    '[--prompt reference|chat] [--batch B] [--seed S] [--dry_run]':
+        Help(("-m", "oq2vl_jax.evaluate")),
+    'python -m oq2vl_jax.evaluate compare OUT_A OUT_B [--seed S]':
+        Help(("-m", "oq2vl_jax.evaluate", "compare")),
+    'python -m oq2vl_jax.train --config configs/demo.py --workdir runs/demo '
+    '--config.evals=\'("demo_attributes", "demo:limit=64,every=0")\'':
+        TRAIN_DRY,
+    'python -m oq2vl_jax.generate --ckpt CKPT --image cat.jpg --prompt "What is in the image?" [--template '
+    'chat|base] [--max-new-tokens 64] [--temperature 0.7 --top-p 0.9 --top-k 50 --seed 1] [--stop "###"] '
+    '[--json]':
+        Help(("-m", "oq2vl_jax.generate")),
+    'python -m oq2vl_jax.generate --ckpt CKPT --input prompts.jsonl --out answers.jsonl [--batch-size 8]':
+        Help(("-m", "oq2vl_jax.generate")),
+    'python -m oq2vl_jax.train --config configs/sft_mammoth.py --workdir runs/sft_mammoth '
+    '--config.init.init_from=runs/pretrain/checkpoints --config.data.sources=\'({"kind": "mammoth", "path": '
+    '"/data/MAmmoTH-VL-Instruct-12M/mammoth_si_10M_simple.jsonl", "image_root": '
+    '"/data/MAmmoTH-VL-Instruct-12M/single_image_data"},)\'':
+        TRAIN_DRY,
 }
 
 
 def normalize(command: str) -> str:
     return " ".join(re.sub(r"\s+#\s.*$", "", command).split())
+
+
+def _quotes_closed(command: str) -> bool:
+    try:
+        shlex.split(command)
+        return True
+    except ValueError:
+        return False
 
 
 def shown_commands() -> dict[str, list[str]]:
@@ -136,6 +204,8 @@ def shown_commands() -> dict[str, list[str]]:
             pending = f"{pending} {s}" if pending else s
             if pending.endswith("\\"):
                 pending = pending[:-1]
+                continue
+            if not _quotes_closed(pending):  # a quoted argument (a JSON rule) spanning lines
                 continue
             found.setdefault(normalize(pending), []).append(os.path.relpath(path, REPO))
             pending = ""
