@@ -126,9 +126,9 @@ def bench_transformers(hf_dir: str, image, batches, new_tokens: int, repeats: in
             torch.cuda.reset_peak_memory_stats()
         (t1, _), (tn, ids) = _timed(run(1), repeats), _timed(run(new_tokens), repeats)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else _peak_rss_gib()
-        prompt = int(inputs["input_ids"].shape[1])
-        out.append({"impl": "transformers", "batch": b, "prompt_tokens": prompt, **_rates(b, new_tokens, t1, tn),
-                    "peak_mem_gib": peak, "first_row_tokens": ids[0, prompt:].tolist()})
+        length = int(inputs["input_ids"].shape[1])
+        out.append({"impl": "transformers", "batch": b, "prompt_tokens": length, **_rates(b, new_tokens, t1, tn),
+                    "peak_mem_gib": peak, "first_row_tokens": ids[0, length:].tolist()})
     return out
 
 
