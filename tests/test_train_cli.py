@@ -99,3 +99,21 @@ def test_sigterm_during_start_up_stops_cleanly(tmp_path):
     assert "Traceback" not in err
     assert "stopped by SIGTERM during start-up: nothing trained, nothing saved" in out
     assert not os.path.exists(tmp_path / "run" / "train.lock")  # released
+
+
+@pytest.mark.slow  # one CLI run on the demo data to a few steps (~1 min on 2 cores)
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path):
+    from test_loop import cli, cli_env, losses, wait_for_step
+
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(cli(workdir, str(tmp_path / "demo_data")), env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_step(proc, workdir, 2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    stopped_at = max(losses(workdir))
+    assert "(sigint)" in out and f"checkpoint: {workdir}/checkpoints/{stopped_at}" in out
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stopped_at)))
+    assert not os.path.exists(os.path.join(workdir, "train.lock"))
