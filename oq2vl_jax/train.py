@@ -129,12 +129,12 @@ def train(config, workdir: str, stop) -> None:
     parallel.initialize_distributed(config.distributed)
     setup.validate_config(config, parallel.build_mesh(config.mesh, jax.devices()), check_paths=False)
     with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
-        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
-        sft_paths = demo_sft.prepare_sft_demo(config, workdir)  # None unless configs/demo_sft.py's data is used
         if stop is not None and stop.received and jax.process_count() == 1:
             print(f"stopped by {stop.received.upper()} during start-up: nothing trained, nothing saved")
             return
-        result = loop.run(config, workdir, stop=stop)
+        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
+        sft_paths = demo_sft.prepare_sft_demo(config, workdir)  # None unless configs/demo_sft.py's data is used
+        result = loop.run(config, workdir, stop=stop)  # stops before its first step if a signal came by then
     if jax.process_index() != 0:
         return
     print(f"steps {result.start_step} -> {result.last_step} ({result.stopped_by}); first loss "
