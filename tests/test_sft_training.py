@@ -48,8 +48,10 @@ def pretrained(tmp_path_factory, tiny_tokenizer_dir):  # noqa: F811 (fixture)
     vlm = setup.random_model_config(pre)
     assert vlm.tokens_per_image == 144 and vlm.vision.grid == 27
     rng = np.random.default_rng(3)  # random weights made on the host: no compile
-    abstract = state_lib.ModelParts(vlm, setup.model_options(pre.model)).abstract_params
-    params = jax.tree.map(lambda x: (0.05 * rng.standard_normal(x.shape)).astype(x.dtype), abstract)
+    abstract = state_lib.ModelParts(vlm, setup.model_options(pre.model)).abstract_params  # norms: scale 1
+    params = state_lib.ModelParts(vlm, setup.model_options(pre.model)).map_params(
+        lambda path, x: (np.ones(x.shape) if path.endswith("scale") else 0.05 * rng.standard_normal(x.shape))
+        .astype(x.dtype), abstract)
     ckpt = str(tmp_path_factory.mktemp("pretrain") / "checkpoints")
     checkpoint_io.save_params(ckpt, params, vlm, tokenizer_dir=tiny_tokenizer_dir)
     return ckpt, params
