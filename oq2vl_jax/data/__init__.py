@@ -11,5 +11,6 @@
     batching.py                  packed rows -> batch arrays and labels
     pipeline.py                  the Grain pipeline from config: build_iterator(...)
     stats.py                     skip / repair counters carried by every batch
+    demo_sft.py                  synthetic SFT conversations for configs/demo_sft.py
     demo.py                      synthetic demo data and the tiny offline tokenizer used by tests
 """
