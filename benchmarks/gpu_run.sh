@@ -62,6 +62,12 @@ echo "== evaluation runner throughput (demo VQA task, random-init model, referen
 if [ "${TINY:-0}" = 1 ]; then EVAL_SIZE=tiny; EVAL_ITEMS=32; EVAL_BATCH=8; else EVAL_SIZE=full; EVAL_ITEMS=256; EVAL_BATCH=32; fi
 timeout 300 python3 benchmarks/bench_evals.py --size "$EVAL_SIZE" --items "$EVAL_ITEMS" --batch "$EVAL_BATCH" \
   --json "$OUT/evals_throughput.jsonl" 2>&1 | grep -v "^I1\|^W1\|^INFO\|^WARNING" | tail -3
+echo "== curation: SigLIP So400m pair score step (bf16, random weights) + host decode per core (.jsonl: not a step row)"
+if [ "${TINY:-0}" = 1 ]; then
+  timeout 240 python3 benchmarks/bench_curate.py --images 64 --rows 10000 --json "$OUT/curate.jsonl" 2>&1 | tail -1
+else
+  timeout 240 python3 benchmarks/bench_curate.py --so400m --batch 256 --json "$OUT/curate.jsonl" 2>&1 | tail -1
+fi
 python3 benchmarks/summarize.py "$OUT" | tee "$OUT/table.md"
 # Generation (issue 12): ours vs transformers generate on the hf-llava export of the same random weights, full size
 # (SigLIP So400m + Qwen2.5-1.5B, 729 image tokens, bf16), batch 1 / 8 / 64; DECODE=0 skips it.

@@ -1,7 +1,7 @@
 """Shared defaults of every training config; the other configs start from `get_config()` here and override.
 
 Load a config with `--config configs/<name>.py`; override any field as `--config.optim.lr=1e-4`.
-The defaults are the paper's pre-training recipe (REFERENCE.md §3.2-3.3) on whatever devices are present.
+The defaults are the paper's pre-training recipe (docs/reference_notes.md §7) on whatever devices are present.
 """
 
 import ml_collections
@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
         eval_every=0,                # 0 = no periodic eval; needs data.eval_sources
         eval_batches=0,              # 0 = the whole eval split (single process only)
     ))
+
+    # Evaluators run during training, "NAME[:key=value,...]" (oq2vl_jax/evals/evaluators.py, docs/evaluation.md), e.g.
+    #   --config.evals='("demo:limit=32,every=100", "demo_attributes")'
+    c.evals = ()
 
     c.optim = ml_collections.ConfigDict(dict(
         lr=5e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, warmup_ratio=0.03, clip_norm=1.0,

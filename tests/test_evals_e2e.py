@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-pytest.importorskip("oq2vl_jax.inference")
-from eval_model_fixtures import write_tiny_checkpoint  # noqa: E402
-from oq2vl_jax.data.demo import write_demo_dataset  # noqa: E402
+from eval_model_fixtures import write_tiny_checkpoint
+from oq2vl_jax.data.demo import write_demo_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

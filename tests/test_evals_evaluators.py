@@ -1,5 +1,7 @@
 """config.evals specs and the benchmark evaluator on a scripted model."""
 
+import os
+
 import pytest
 
 from eval_fixtures import write_demo
@@ -35,3 +37,47 @@ def test_run_benchmark_metrics_and_files(tmp_path):
     m = evaluators.run_benchmark(spec, Scripted(), str(tmp_path / "data"), str(tmp_path / "out"))
     assert m == pytest.approx({"eval/demo/strict": 100 / 3, "eval/demo/reference": 200 / 3})
     assert (tmp_path / "out" / "summary.json").exists() and (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_training_loop_runs_config_evals(tmp_path):
+    """config.evals in a real (tiny) training run: the demo VQA task every 2 steps, its scores in metrics.jsonl and
+    its predictions / summary / report under WORKDIR/evals/step_N."""
+    import json
+
+    import jax
+
+    from oq2vl_jax.data.demo import build_tiny_tokenizer
+    from oq2vl_jax.training import loop
+    from test_loop import tiny_config
+    from test_step import synthetic_factory
+
+    workdir = str(tmp_path / "run")
+    write_demo(os.path.join(workdir, "demo_data"))
+    config = tiny_config(num_steps=4, eval_every=0)
+    config.model.vocab_size = 1024
+    config.data.tokenizer_dir = build_tiny_tokenizer(str(tmp_path / "tok"))
+    config.evals = ("demo:limit=3,every=2",)
+    config.mesh.update(data=1, fsdp=-1)
+    loop.run(config, workdir, devices=jax.devices()[:1], data_factory=synthetic_factory())
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    evals = [r for r in records if "eval/demo/strict" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        summary = json.load(open(os.path.join(workdir, "evals", f"step_{r['step']}", "summary.json")))
+        assert summary["tasks"]["demo"]["strict"]["score"] == r["eval/demo/strict"]
+        assert summary["tasks"]["demo"]["scored"] == 3
+
+
+def test_config_evals_override_through_the_flag_parser():
+    from absl import flags
+    from ml_collections import config_flags
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = ["prog", f"--config={os.path.join(repo, 'configs', 'demo.py')}",
+            "--config.evals=('demo:limit=8,every=50', 'demo_attributes')"]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)  # overrides are found in argv
+    fv(argv)
+    assert fv.config.evals == ("demo:limit=8,every=50", "demo_attributes")
+    assert [s.name for s in evaluators.parse_specs(fv.config.evals)] == ["demo", "demo_attributes"]

@@ -6,7 +6,7 @@ Linear -> GELU (exact) -> Linear projector = our fc1 / fc2, the Qwen2 LLM. LLaVA
 tokens_per_image equals the patch count (729 for So400m/14@384, the SFT model) fit. The processor resizes to the
 tower's image size with PIL bicubic and normalises with mean = std = 0.5 (the reference's preprocessing; with
 torchvision installed pass `backend="pil"` to AutoProcessor to keep PIL's resize), and its chat template writes the
-reference's SFT prompt (REFERENCE.md §3.7).
+reference's SFT prompt (docs/reference_notes.md §8).
 
 Key names (transformers 5): model.vision_tower.*, model.multi_modal_projector.linear_{1,2}.*,
 model.language_model.*, lm_head.weight; transformers 4 names (vision_tower.vision_model.*, multi_modal_projector.*,

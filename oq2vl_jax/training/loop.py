@@ -162,6 +162,9 @@ def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
 
     meta = checkpoint_io.make_meta(vlm_config, stage=stage, train_config=config.to_json_best_effort())
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=bool(config.log.tensorboard))
+    from oq2vl_jax.evals.evaluators import TrainingEvaluators  # config.evals: benchmark / demo evaluators
+    evaluators = TrainingEvaluators.from_config(
+        config, workdir, vlm_config, checkpoint_io.tokenizer_path(checkpointer.directory) or config.data.tokenizer_dir)
     peak = flops_lib.peak_flops_per_device(devices[0].device_kind, float(config.hardware.peak_tflops))
     trained = check_stage(stage)
     window = metrics_lib.Window()
@@ -233,6 +236,12 @@ def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
                                      seed=int(config.seed))
                 writer.write({"step": step, "eval_loss": eval_loss})
                 writer.log(f"step {step}: eval loss {eval_loss:.4f}")
+            if evaluators is not None and evaluators.due(step, total):
+                if pending is not None:
+                    finish(pending)
+                    pending = None
+                writer.write({"step": step, **evaluators.run(step, dict(state.trainable) | dict(state.frozen), total,
+                                                             apply=lambda p, b: parts.model(p)(b))})
             if stop.should_stop(step):
                 stopped_by = stop.received or "sigterm"  # several processes: JAX's preemption notice (SIGTERM)
                 break
