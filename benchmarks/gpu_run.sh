@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU job (issue 6): installs the carried wheels, checks the attention backends against xla, runs
 # the cuDNN unit tests, times our train step in a few variants and the PyTorch peer in the same job, then prints one
-# table. Results (JSON lines + the table) go to $OUT (or ./gpu_results).
+# table; then times generation against transformers (issue 12, `bench decode`). Results (JSON lines + the tables) go
+# to $OUT (or ./gpu_results).
 #
 #   here:         benchmarks/fetch_gpu_wheels.sh
 #   GPU machine:  bash benchmarks/gpu_run.sh        (device tool: carry [".whl"], timeout_s 600)
@@ -61,4 +62,20 @@ echo "== evaluation runner throughput (demo VQA task, random-init model, referen
 if [ "${TINY:-0}" = 1 ]; then EVAL_SIZE=tiny; EVAL_ITEMS=32; EVAL_BATCH=8; else EVAL_SIZE=full; EVAL_ITEMS=256; EVAL_BATCH=32; fi
 timeout 300 python3 benchmarks/bench_evals.py --size "$EVAL_SIZE" --items "$EVAL_ITEMS" --batch "$EVAL_BATCH" \
   --json "$OUT/evals_throughput.jsonl" 2>&1 | grep -v "^I1\|^W1\|^INFO\|^WARNING" | tail -3
+echo "== curation: SigLIP So400m pair score step (bf16, random weights) + host decode per core (.jsonl: not a step row)"
+if [ "${TINY:-0}" = 1 ]; then
+  timeout 240 python3 benchmarks/bench_curate.py --images 64 --rows 10000 --json "$OUT/curate.jsonl" 2>&1 | tail -1
+else
+  timeout 240 python3 benchmarks/bench_curate.py --so400m --batch 256 --json "$OUT/curate.jsonl" 2>&1 | tail -1
+fi
 python3 benchmarks/summarize.py "$OUT" | tee "$OUT/table.md"
+# Generation (issue 12): ours vs transformers generate on the hf-llava export of the same random weights, full size
+# (SigLIP So400m + Qwen2.5-1.5B, 729 image tokens, bf16), batch 1 / 8 / 64; DECODE=0 skips it.
+if [ "${DECODE:-1}" = 1 ]; then
+  DECODE_FLAGS="--decode_size full"
+  [ "${TINY:-0}" = 1 ] && DECODE_FLAGS="--decode_size small --batches 1,8 --new_tokens 8 --repeats 1"
+  echo "== decode: ours vs transformers generate ($DECODE_FLAGS)"
+  # shellcheck disable=SC2086
+  timeout 540 python3 -m oq2vl_jax.bench decode $DECODE_FLAGS --json "$OUT/decode.json" 2>&1 \
+    | grep "^|\|^decode" | tee "$OUT/decode.md"
+fi

@@ -1,4 +1,4 @@
-"""The paper's pre-training (REFERENCE.md §3.2, PERF_ANCHORS §1) on one node of 8x A100-40G: Qwen2.5-1.5B-Instruct +
+"""The paper's pre-training (docs/reference_notes.md §7, §11) on one node of 8x A100-40G: Qwen2.5-1.5B-Instruct +
 SigLIP So400m/14@384 (frozen, bf16) + a fresh 144-token average-pool projector; packed rows of 4096; 256 rows per
 update; AdamW lr 5e-5, wd 0.01, 3% warmup then cosine, clip 1.0; one epoch of ~5B packed tokens.
 

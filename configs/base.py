@@ -1,7 +1,7 @@
 """Shared defaults of every training config; the other configs start from `get_config()` here and override.
 
 Load a config with `--config configs/<name>.py`; override any field as `--config.optim.lr=1e-4`.
-The defaults are the paper's pre-training recipe (REFERENCE.md §3.2-3.3) on whatever devices are present.
+The defaults are the paper's pre-training recipe (docs/reference_notes.md §7) on whatever devices are present.
 """
 
 import ml_collections

@@ -1,5 +1,5 @@
 """The paper's pre-training recipe (configs/a100x8.py) on one node of 8x H100-80G: twice the memory per GPU, so 4
-rows per GPU per micro-batch (PLATFORM_NOTES: the PyTorch peer fits 4 rows with remat at ~50 GiB)."""
+rows per GPU per micro-batch (docs/reference_notes.md §11: the PyTorch peer fits 4 rows with remat at ~50 GiB)."""
 
 import os
 import runpy

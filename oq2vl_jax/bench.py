@@ -2,6 +2,8 @@
 
   python -m oq2vl_jax.bench step --config configs/h100x8.py [--config.model.remat=dots ...] [--rows 2]
   python -m oq2vl_jax.bench step --config configs/demo.py --tiny     # checks the benchmark itself on CPU
+  python -m oq2vl_jax.bench decode [--decode_size small|full] [--batches 1,8,64] [--new_tokens 32]
+                                                                     # generation vs transformers (bench_decode.py)
 
 Rows follow `bench_shapes.pretraining_rows` (4096 tokens, ~25 images x 144 tokens, web-caption lengths, per-document
 masking). Warm-up steps (compilation) are excluded. Prints step time, tokens/s, images/s, peak device memory, and MFU
@@ -43,6 +45,10 @@ def define_flags() -> dict:
         "matmul_size": flags.DEFINE_integer("matmul_size", 8192, "n for the n^3 bf16 matmul ceiling (0 = skip)"),
         "tiny": flags.DEFINE_bool("tiny", False, "tiny model and 256-token rows: checks the benchmark on CPU"),
         "json": flags.DEFINE_string("json", "", "also write the result here"),
+        "decode_size": flags.DEFINE_enum("decode_size", "small", ["small", "full"], "decode: model size"),
+        "batches": flags.DEFINE_list("batches", ["1", "8", "64"], "decode: batch sizes"),
+        "new_tokens": flags.DEFINE_integer("new_tokens", 32, "decode: new tokens per row"),
+        "repeats": flags.DEFINE_integer("repeats", 3, "decode: timed runs per measurement (median)"),
     }
 
 
@@ -124,9 +130,28 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def main_decode(f: dict):
+    from oq2vl_jax import bench_decode
+
+    try:
+        batches = tuple(int(b) for b in f["batches"].value)
+    except ValueError:
+        raise SystemExit(f"error: --batches must be integers, got {f['batches'].value}")
+    result = bench_decode.run_decode_bench(f["decode_size"].value, batches, f["new_tokens"].value,
+                                           f["repeats"].value)
+    print(bench_decode.format_table(result))
+    print(json.dumps(result))
+    if f["json"].value:
+        with open(f["json"].value, "w") as out:
+            json.dump(result, out)
+
+
 def main(argv, f: dict):
+    if len(argv) == 2 and argv[1] == "decode":
+        return main_decode(f)
     if len(argv) != 2 or argv[1] != "step":
-        raise app.UsageError("usage: python -m oq2vl_jax.bench step --config CONFIG [--rows N] [--tiny]")
+        raise app.UsageError("usage: python -m oq2vl_jax.bench step --config CONFIG [--rows N] [--tiny] | "
+                             "decode [--decode_size small|full]")
     try:
         result = run_step_bench(f["config"].value, rows=f["rows"].value, steps=f["steps"].value,
                                 warmup=f["warmup"].value, tiny=f["tiny"].value, matmul_size=f["matmul_size"].value,

@@ -130,13 +130,18 @@ def load_meta(ckpt_dir: str, step: int | None = None) -> tuple[int, dict]:
 
 def _restore_host(ckpt_dir: str, step: int, name: str) -> Any:
     """An array item as host numpy arrays, whatever mesh or handler wrote it (no devices involved)."""
-    options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
-    with ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options,
-                               item_handlers={name: ocp.PyTreeCheckpointHandler()}) as mngr:
-        metadata = mngr.item_metadata(step)[name]
+    # The item's own handler on its directory: a CheckpointManager would also look at the step's other items and
+    # warn (absl WARNING "Item ... could not be restored") for each one it was not given a handler for.
+    from etils import epath
+
+    directory = epath.Path(os.path.abspath(ckpt_dir)) / str(step) / name
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        metadata = handler.metadata(directory)
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-        return mngr.restore(step, args=ocp.args.Composite(
-            **{name: ocp.args.PyTreeRestore(restore_args=restore_args)}))[name]
+        return handler.restore(directory, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    finally:
+        handler.close()
 
 
 def load_params(ckpt_dir: str, step: int | None = None, abstract_params: Any = None) -> tuple[VLMConfig, dict, dict]:

@@ -123,17 +123,18 @@ def train(config, workdir: str, stop) -> None:
     import jax
 
     from oq2vl_jax import parallel
-    from oq2vl_jax.data import demo_setup
+    from oq2vl_jax.data import demo_setup, demo_sft
     from oq2vl_jax.training import loop, setup
 
     parallel.initialize_distributed(config.distributed)
     setup.validate_config(config, parallel.build_mesh(config.mesh, jax.devices()), check_paths=False)
     with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
-        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
         if stop is not None and stop.received and jax.process_count() == 1:
             print(f"stopped by {stop.received.upper()} during start-up: nothing trained, nothing saved")
             return
-        result = loop.run(config, workdir, stop=stop)
+        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
+        sft_paths = demo_sft.prepare_sft_demo(config, workdir)  # None unless configs/demo_sft.py's data is used
+        result = loop.run(config, workdir, stop=stop)  # stops before its first step if a signal came by then
     if jax.process_index() != 0:
         return
     print(f"steps {result.start_step} -> {result.last_step} ({result.stopped_by}); first loss "
@@ -144,6 +145,9 @@ def train(config, workdir: str, stop) -> None:
     scorable = jax.process_count() == 1 and result.stopped_by in ("num_steps", "data_exhausted")  # one host only
     if paths is not None and config.demo.score_attributes and scorable:
         _score_demo(config, result, paths, workdir)
+    if sft_paths is not None and config.demo_sft.score_answers and scorable:
+        from oq2vl_jax.training.answer_accuracy import report_sft_demo
+        report_sft_demo(result, config, sft_paths, workdir)
 
 
 def main(argv, flag_values: dict, stop=None) -> None:

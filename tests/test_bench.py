@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from configs import demo
 from oq2vl_jax import bench
@@ -28,3 +29,14 @@ def test_tiny_step_benchmark_runs_and_counts_flops():
     assert result["step_ms"] > 0 and np.isfinite(result["loss"])
     assert result["tokens_per_s"] == result["real_tokens"] / (result["step_ms"] / 1e3)
     assert result["tflops_per_device"] > 0
+
+
+@pytest.mark.slow
+def test_decode_benchmark_runs_both_sides_on_the_same_weights():
+    from oq2vl_jax import bench_decode
+
+    result = bench_decode.run_decode_bench("small", batches=(2,), new_tokens=4, repeats=1)
+    row = result["rows"][0]
+    assert row["same_tokens"] and len(row["ours"]["first_row_tokens"]) == 4
+    assert row["ours"]["decode_tok_s"] > 0 and row["transformers"]["decode_tok_s"] > 0
+    assert "| 2 |" in bench_decode.format_table(result)

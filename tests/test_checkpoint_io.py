@@ -39,3 +39,17 @@ def test_unfinished_step_is_ignored_and_missing_dirs_are_user_errors(tmp_path):
         C.resolve_step(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="step 5 is not"):
         C.resolve_step(str(tmp_path / "ck"), 5)
+
+
+def test_loading_params_and_items_logs_no_orbax_warnings(tmp_path, caplog):
+    """Orbax warned 'Item "vision_extra" ... could not be restored' for every item it was not asked for."""
+    tree = jax.tree.map(np.asarray, P.param_tree(VLM(_config(), rngs=nnx.Rngs(0))))
+    ck = str(tmp_path / "ck")
+    C.save_params(ck, tree, _config(), extra_items={C.VISION_EXTRA: {"head": np.arange(3, dtype=np.float32)}})
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _, restored, _ = C.load_params(ck)
+        extra = C.load_item(ck, C.VISION_EXTRA)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    assert extra["head"].tolist() == [0, 1, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(restored)))

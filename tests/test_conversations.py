@@ -136,6 +136,21 @@ def test_sft_through_the_pipeline(llava_dir, tiny_tokenizer_dir, tiny_tokenizer,
     assert "What colour" not in answers and "assistant" not in answers
 
 
+def test_truncated_conversations(llava_dir, tiny_tokenizer_dir, tiny_tokenizer):
+    """Cut at the row length (never through the image): kept while an answer token is left, else counted."""
+    root, _ = llava_dir
+    long_question = "<image>\n" + "What colour is the shape? " * 30
+    records = [{"id": "long", "image": "coco/a.jpg", "conversations": turns(long_question, "Red.")},
+               {"id": "cut", "image": "coco/a.jpg", "conversations": turns() + turns(long_question[8:], "Blue.")}]
+    (root / "long.json").write_text(json.dumps(records))
+    spec = {"kind": "llava", "path": str(root / "long.json"), "image_root": str(root)}
+    batches = _conversations(base_config(tiny_tokenizer_dir, [spec], num_epochs=1, row_length=96), rows=2)
+    stats = {k: sum(b["stats"][k] for b in batches) for k in batches[0]["stats"]}
+    assert stats["conversation_invalid"] == 1 and stats["truncated_overlong"] == 1 and stats["documents"] == 1
+    kept = batches[0]["targets"][batches[0]["loss_weights"] > 0]
+    assert tiny_tokenizer.decode(kept).startswith("Red.<|im_end|>")
+
+
 def test_sft_config_errors(llava_dir, tiny_tokenizer_dir):
     root, _ = llava_dir
     spec = {"kind": "llava", "path": str(root / "llava.json"), "image_root": str(root)}

@@ -1,5 +1,6 @@
 """`python -m oq2vl_jax.convert`: every import / export form end to end, and one-line user errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -29,12 +30,14 @@ def test_cli_round_trips(tmp_path, capsys, hf_llm, hf_vision, tiny_tokenizer_dir
     config, params, _ = checkpoint_io.load_params(ck)
     assert config.vision.hidden_act == "gelu" and config.vision.num_heads == 4
 
-    for fmt, extra_args in (("prismatic", ["--with-vision"]), ("hf-llava", [])):
+    for fmt, extra_args in (("prismatic", ["--with-vision", "--mount-path", "/models/local"]), ("hf-llava", [])):
         out_dir = str(tmp_path / fmt)
         code, out, err = _run(capsys, "export", "--ckpt", ck, "--to", fmt, "--out", out_dir, "--step", "0",
                               *extra_args)
         assert code == 0, err
         assert f"wrote {out_dir} (fp32)" in out
+        if fmt == "prismatic":  # an offline user's LLM directory, not the hub organisation
+            assert json.load(open(os.path.join(out_dir, "config.json")))["mount_path"] == "/models/local"
         back = str(tmp_path / f"back_{fmt}")
         code, out, err = _run(capsys, "import", "--from", fmt, out_dir, "--out", back)
         assert code == 0, err
@@ -80,3 +83,34 @@ def test_module_entry_point_prints_one_line(tmp_path):
     assert proc.returncode == EXIT_USER_ERROR
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
     assert "no finished oq2vl_jax checkpoint" in proc.stderr
+
+
+HELP_CHECK = """
+import contextlib, io, sys
+from oq2vl_jax.convert.__main__ import main
+for argv in ([\"--help\"], [\"import\", \"--help\"], [\"export\", \"--help\"]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 0, e.code
+    print(\"=====\", \" \".join(argv)); print(out.getvalue())
+"""
+
+
+def test_help_has_every_subcommand_and_examples():
+    top = subprocess.run([sys.executable, "-m", "oq2vl_jax.convert", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert top.returncode == 0 and len(top.stdout.splitlines()) > 10, top.stdout
+    assert "import --help" in top.stdout and "--from prismatic" in top.stdout and "--to prismatic" in top.stdout
+    # the subcommands' help through the same entry function, in one process (each --help exits)
+    proc = subprocess.run([sys.executable, "-c", HELP_CHECK], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, _, imp, exp = proc.stdout.split("=====")
+    for option in ("--llm", "--vision", "--tokenizer", "--out", "--pool", "--from", "--gelu", "examples:",
+                   "python -m oq2vl_jax.convert import --llm"):
+        assert option in imp, option
+    for option in ("--ckpt", "--to", "--dtype", "--step", "--with-vision", "--mount-path", "examples:",
+                   "python -m oq2vl_jax.convert export --ckpt"):
+        assert option in exp, option

@@ -32,7 +32,7 @@ def _linear(i, o):
 
 
 def reference_timm_featurizer() -> torch.nn.Module:
-    """The module tree of timm's vit_so400m_patch14_siglip_384 (REFERENCE.md §4.2 key names), at the tiny size."""
+    """The module tree of timm's vit_so400m_patch14_siglip_384 (key names: reference_notes.md §9), at the tiny size."""
     d, f, p, n = VISION["hidden_size"], VISION["intermediate_size"], VISION["patch_size"], GRID * GRID
     mlp = lambda: _Named(fc1=_linear(d, f), fc2=_linear(f, d))
     blocks = torch.nn.ModuleList([

@@ -9,8 +9,8 @@ ROW = dict(real_tokens=4096, causal_pairs=4096 * 4097 / 2, num_images=25)  # one
 
 
 def test_reference_row_is_58_4_tflop():
-    # PLATFORM_NOTES: 6N trained matmuls (lm_head in, embedding out), causal attention over the whole row, 2N per
-    # patch for the 26 vision blocks run, projector: 58.4 TFLOP per row
+    # docs/reference_notes.md §11: 6N trained matmuls (lm_head in, embedding out), causal attention over the whole
+    # row, 2N per patch for the 26 vision blocks run, projector: 58.4 TFLOP per row
     config = open_qwen2vl()
     assert flops.llm_matmul_params(config) == 1_543_569_408
     assert config.vision.num_blocks_run == 26

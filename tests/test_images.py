@@ -1,5 +1,7 @@
 import io
-import warnings
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,9 +13,11 @@ from oq2vl_jax.data import images
 from oq2vl_jax.data.images import BadImage, load_image, probe_image
 from oq2vl_jax.errors import UserError
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def reference_preprocess(data: bytes, size: int) -> np.ndarray:
-    """What the reference does before ToTensor/Normalize (REFERENCE.md §1.3): convert("RGB").resize(BICUBIC) on the
+    """What the reference does before ToTensor/Normalize (reference_notes.md §2): convert("RGB").resize(BICUBIC) on the
     Pillow of its time, which resized horizontally, then vertically. Pillow >= 12.2 may run the vertical pass first,
     so the oracle spells the two passes out (see test_resample)."""
     return pil_horizontal_then_vertical(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), size, size)
@@ -78,11 +82,26 @@ def test_16_bit_images_are_scaled_not_clipped():
     (png_claiming_size(10000, 9500), "image_too_large"),  # PIL only warns; our own limit catches it
 ])
 def test_bad_images_raise_with_reason(data, reason):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with pytest.raises(BadImage) as e:
-            load_image(data, 16)
+    with pytest.raises(BadImage) as e:
+        load_image(data, 16)
     assert e.value.reason == reason
+
+
+def test_a_counted_bomb_prints_no_pil_warning():
+    """PIL's DecompressionBombWarning used to print beside the counted image_too_large (fresh process: default
+    warning filters, as a user's run has)."""
+    code = ("import sys; sys.path.insert(0, 'tests')\n"
+            "from data_fixtures import png_claiming_size\n"
+            "from oq2vl_jax.data.images import BadImage, load_image, probe_image\n"
+            "for probe in (probe_image, lambda d: load_image(d, 16)):\n"
+            "    try:\n"
+            "        probe(png_claiming_size(10000, 9500))\n"
+            "    except BadImage as e:\n"
+            "        print(e.reason)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["image_too_large", "image_too_large"]
+    assert "Warning" not in proc.stderr, proc.stderr
 
 
 def test_truncated_jpeg_header_probe_passes_but_decode_fails():

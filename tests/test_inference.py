@@ -59,7 +59,8 @@ def full_recompute_greedy(vlm, prompts: list[Prompt], steps: int) -> list[list[i
     return out
 
 
-@pytest.mark.parametrize("template,tokens_per_image", [("base", 4), ("chat", 49)])
+@pytest.mark.parametrize("template,tokens_per_image", [
+    ("base", 4), pytest.param("chat", 49, marks=pytest.mark.slow)])
 def test_cached_greedy_equals_full_recompute(tok_dir, pooled, template, tokens_per_image):
     vlm = pooled if tokens_per_image == 4 else tiny_inference(tok_dir, tokens_per_image, seed=1)
     assert vlm.data_shards == (1 if vlm is pooled else len(jax.devices()))
@@ -114,6 +115,7 @@ def test_stop_strings_and_per_row_finish(pooled):
     assert cut[2].text == free[2].text or text in free[2].text
 
 
+@pytest.mark.slow
 def test_score_matches_the_forward_pass(pooled):
     reqs = requests()[1:2]
     conts = [["a red circle", "blue"]]

@@ -65,3 +65,7 @@ def test_transformers_generate_equals_ours(exported, imported_ckpt):
                              max_new_tokens=NEW_TOKENS, details=True)
     assert [list(g.token_ids) for g in ours] == theirs
     assert sum(len(t) for t in theirs) >= 4  # tokens were compared, not just two immediate stops
+    # the export loads straight back into our API (an imported release) and answers the same
+    again = VLMInference.load(exported, compute_dtype="float32", devices=ours_vlm.mesh.devices.flatten().tolist())
+    assert again.generate([{"images": imgs, "text": text} for imgs, text in cases], max_new_tokens=NEW_TOKENS) == [
+        g.text for g in ours]

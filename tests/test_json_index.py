@@ -94,3 +94,20 @@ def test_memory_stays_bounded_on_a_multi_mb_file(tmp_path):
         tracemalloc.stop()
     assert len(recs) == 40000 and all(0 <= i < 40000 for i in picked)
     assert peak < size / 4 and peak < 10 * json_index.CHUNK_BYTES, (peak, size)
+
+
+def test_cli_builds_the_index_ahead_of_time(tmp_path):
+    """`python -m oq2vl_jax.data.json_index FILE` (docs/sft.md), and one error line for a bad file."""
+    import subprocess
+    import sys
+    path = tmp_path / "mammoth_si_10M.json"
+    path.write_text(json.dumps(records(9)))
+    cmd = [sys.executable, "-m", "oq2vl_jax.data.json_index", str(path), "--index-dir", str(tmp_path / "idx")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "9 array records" in out.stdout, out.stderr
+    assert json_index.JsonRecords(str(path), index_dir=str(tmp_path / "idx")).index_path.startswith(
+        str(tmp_path / "idx"))
+    (tmp_path / "bad.json").write_text("[1, 2")
+    out = subprocess.run([sys.executable, "-m", "oq2vl_jax.data.json_index", str(tmp_path / "bad.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1

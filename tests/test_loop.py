@@ -101,6 +101,47 @@ def test_run_metrics_eval_checkpoints_and_exact_resume_after_sigterm_and_crash(t
     assert [r["step"] for r in metrics.read_metrics(reference_dir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
+class LimitedIterator(SyntheticIterator):
+    """A finite stream: `limit` batches."""
+
+    def __init__(self, rows, limit: int):
+        super().__init__(rows)
+        self.limit = limit
+
+    def __next__(self):
+        if self.index >= self.limit:
+            raise StopIteration
+        return super().__next__()
+
+
+def test_every_step_once_after_a_crash_before_the_first_checkpoint_and_totals_when_the_data_runs_out(tmp_path):
+    workdir = str(tmp_path)
+    config = tiny_config(num_steps=6, eval_every=0, global_batch_rows=4, micro_batches=1)
+    config.mesh.update(data=1, fsdp=1)
+    config.checkpoint.every_steps = 100  # no checkpoint before the crash
+
+    def run(factory):
+        return loop.run(config, workdir, devices=jax.devices()[:1], data_factory=factory,
+                        compiler_options=FAST_COMPILE)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(lambda split, seed, pi, pc, rows: InterruptingIterator(rows, 4, "crash"))
+    assert [r["step"] for r in metrics.read_metrics(workdir)][:2] == [1, 2]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "1"))
+    assert not os.path.exists(os.path.join(workdir, "train.lock"))  # released however the run ended
+    with open(os.path.join(workdir, metrics.METRICS_FILE), "a") as f:
+        f.write('{"step": 4, "lo')  # and a crash in the middle of writing a record
+
+    result = run(lambda split, seed, pi, pc, rows: LimitedIterator(rows, 5))
+    assert (result.start_step, result.last_step, result.stopped_by) == (0, 5, "data_exhausted")
+    records = metrics.read_metrics(workdir)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[-1]["data/documents"] > 0 and "tokens_per_s" in records[-1]  # the final totals, off a log step
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert ckpt.all_steps() == [5]
+    ckpt.close()
+
+
 class NanIterator(SyntheticIterator):
     def __next__(self):
         batch = super().__next__()

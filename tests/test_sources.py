@@ -141,7 +141,7 @@ def test_tfds_array_record_roundtrip(tmp_path):
 
 def test_open_source_errors_name_the_field(tmp_path):
     with pytest.raises(UserError, match=r"data.sources\[2\].kind"):
-        open_source({"kind": "parquet", "path": str(tmp_path)}, "data.sources[2]")
+        open_source({"kind": "hdf5", "path": str(tmp_path)}, "data.sources[2]")
     with pytest.raises(UserError, match=r"data.sources\[0\].path"):
         open_source({"kind": "webdataset", "path": str(tmp_path / "nope")}, "data.sources[0]")
     with pytest.raises(UserError, match=r"data.sources\[1\]: .*no \*packed.json"):

@@ -4,8 +4,10 @@
   import --from prismatic DIR --out CKPT [--vision SRC] [--llm DIR] [--tokenizer DIR]
   import --from hf-llava DIR --out CKPT
   export --ckpt CKPT --to prismatic|hf-llava|hf-qwen2 --out DIR [--dtype bf16|fp32] [--step N] [--with-vision]
+         [--mount-path PATH]
 
-Prints a short summary; a user mistake prints one `error:` line and exits with status 2.
+`python -m oq2vl_jax.convert import --help` / `export --help` give every option with examples (docs/convert.md has
+the details). Prints a short summary; a user mistake prints one `error:` line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -20,11 +22,37 @@ from oq2vl_jax.errors import UserError
 EXIT_USER_ERROR = 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m oq2vl_jax.convert", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+IMPORT_EXAMPLES = """examples:
+  # HF Qwen2.5 + a SigLIP tower (HF dir, timm/open_clip file or dir, big_vision .npz) -> a step-0 checkpoint
+  python -m oq2vl_jax.convert import --llm /models/Qwen2.5-1.5B-Instruct \\
+      --vision /models/ViT-SO400M-14-SigLIP-384 --out ckpt/init --pool 144
+  # the reference's run directory (config.json + checkpoints/latest-checkpoint.pt), e.g. a released Open-Qwen2VL
+  python -m oq2vl_jax.convert import --from prismatic /models/Open-Qwen2VL --out ckpt/ref \\
+      --vision /models/ViT-SO400M-14-SigLIP-384 --tokenizer /models/Qwen2.5-1.5B-Instruct
+  # an HF LLaVA directory written by `export --to hf-llava`
+  python -m oq2vl_jax.convert import --from hf-llava out/llava --out ckpt/back
 
-    imp = sub.add_parser("import", help="build an oq2vl_jax checkpoint (step 0, params only)")
+Train from the result with --config.init.source=checkpoint --config.init.init_from=ckpt/init."""
+
+EXPORT_EXAMPLES = """examples:
+  # the latest step of a training run -> the reference's format (loads with prismatic.load)
+  python -m oq2vl_jax.convert export --ckpt runs/demo/checkpoints --to prismatic --out out/prismatic --with-vision
+  # offline: point the exported config's mount_path at a local directory holding Qwen2.5-1.5B-Instruct
+  python -m oq2vl_jax.convert export --ckpt CKPT --to prismatic --out out/prismatic --mount-path /models
+  # HF LlavaForConditionalGeneration (729-token checkpoints only) and a plain HF Qwen2 LLM
+  python -m oq2vl_jax.convert export --ckpt CKPT --to hf-llava --out out/llava
+  python -m oq2vl_jax.convert export --ckpt CKPT --to hf-qwen2 --out out/qwen2 --dtype bf16 --step 1000"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m oq2vl_jax.convert", description=__doc__, formatter_class=raw)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{import,export}")
+
+    imp = sub.add_parser("import", help="build an oq2vl_jax checkpoint (step 0, params only)", formatter_class=raw,
+                         description="Build an oq2vl_jax checkpoint (Orbax, step 0: params, meta, vision_extra, "
+                                     "tokenizer/) from pretrained parts or a foreign checkpoint. Offline, bit-exact.",
+                         epilog=IMPORT_EXAMPLES)
     imp.add_argument("--from", dest="source", nargs=2, metavar=("KIND", "DIR"),
                      help="read a prismatic run directory or an hf-llava directory instead of --llm/--vision")
     imp.add_argument("--llm", help="HF Qwen2ForCausalLM directory (config.json + safetensors)")
@@ -40,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--vision-heads", type=int, help="vision attention heads, if the weights do not say")
     imp.add_argument("--gelu", choices=("exact", "tanh"), help="override the vision tower's GELU")
 
-    exp = sub.add_parser("export", help="write an oq2vl_jax checkpoint in a foreign format")
+    exp = sub.add_parser("export", help="write an oq2vl_jax checkpoint in a foreign format", formatter_class=raw,
+                         description="Write an oq2vl_jax checkpoint (the converter's or a training run's; the latest "
+                                     "step unless --step) as the reference's prismatic run directory, an HF LLaVA "
+                                     "model or an HF Qwen2 LLM. Bit-exact in fp32.",
+                         epilog=EXPORT_EXAMPLES)
     exp.add_argument("--ckpt", required=True, help="oq2vl_jax checkpoint directory (converter's or trainer's)")
     exp.add_argument("--to", required=True, choices=("prismatic", "hf-llava", "hf-qwen2"))
     exp.add_argument("--out", required=True, help="directory to create")
@@ -49,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--with-vision", action="store_true", help="prismatic: also write vision_backbone")
     exp.add_argument("--vision", help="take the vision parts the model does not run from this SigLIP source")
     exp.add_argument("--model-id", help="prismatic: model.model_id in config.json")
+    exp.add_argument("--mount-path", default="Qwen",
+                     help="prismatic: config.json's mount_path, where prismatic.load finds {mount_path}/"
+                          "Qwen2.5-1.5B-Instruct (default 'Qwen', the HF hub org; a local directory offline)")
     return parser
 
 
@@ -107,7 +142,8 @@ def run_export(args) -> list[str]:
     from oq2vl_jax.convert import exporter
 
     return exporter.export(args.ckpt, args.to, args.out, dtype=args.dtype, step=args.step,
-                           with_vision=args.with_vision, vision_src=args.vision, model_id=args.model_id)
+                           with_vision=args.with_vision, vision_src=args.vision, model_id=args.model_id,
+                           mount_path=args.mount_path)
 
 
 def main(argv: list[str] | None = None) -> int:

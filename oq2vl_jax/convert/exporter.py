@@ -84,7 +84,8 @@ def export_hf_qwen2(out_dir: str, config: VLMConfig, params: dict, *, dtype, tok
 
 
 def export(ckpt_dir: str, to: str, out_dir: str, *, dtype: str = "fp32", step: int | None = None,
-           with_vision: bool = False, vision_src: str | None = None, model_id: str | None = None) -> list[str]:
+           with_vision: bool = False, vision_src: str | None = None, model_id: str | None = None,
+           mount_path: str = "Qwen") -> list[str]:
     if to not in FORMATS:
         raise UserError(f"unknown export format '{to}'; choose one of {list(FORMATS)}")
     if dtype not in DTYPES:
@@ -106,7 +107,7 @@ def export(ckpt_dir: str, to: str, out_dir: str, *, dtype: str = "fp32", step: i
     if to == "prismatic":
         lines += prismatic.export(out_dir, config, params, extra, dtype=np_dtype, with_vision=with_vision,
                                   tokenizer_dir=tok, llm_hf_config=llm_hf_config,
-                                  model_id=model_id or prismatic.DEFAULT_MODEL_ID)
+                                  model_id=model_id or prismatic.DEFAULT_MODEL_ID, mount_path=mount_path)
     elif to == "hf-llava":
         lines += llava.export(out_dir, config, params, extra, dtype=np_dtype, tokenizer_dir=tok,
                               llm_hf_config=llm_hf_config)

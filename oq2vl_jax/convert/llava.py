@@ -6,7 +6,7 @@ Linear -> GELU (exact) -> Linear projector = our fc1 / fc2, the Qwen2 LLM. LLaVA
 tokens_per_image equals the patch count (729 for So400m/14@384, the SFT model) fit. The processor resizes to the
 tower's image size with PIL bicubic and normalises with mean = std = 0.5 (the reference's preprocessing; with
 torchvision installed pass `backend="pil"` to AutoProcessor to keep PIL's resize), and its chat template writes the
-reference's SFT prompt (REFERENCE.md §3.7).
+reference's SFT prompt (docs/reference_notes.md §8).
 
 Key names (transformers 5): model.vision_tower.*, model.multi_modal_projector.linear_{1,2}.*,
 model.language_model.*, lm_head.weight; transformers 4 names (vision_tower.vision_model.*, multi_modal_projector.*,
@@ -59,7 +59,7 @@ CHAT_TEMPLATE = (  # literal text only inside {{ '...' }} so whitespace control 
 # LLaVA-style servers (SGLang's generic llava, LLaVA's `process_images`) pad to a square for "pad" and tile for
 # "anyres*"; any other value means the image processor's own resize, which is ours (squash to the tower's size).
 IMAGE_ASPECT_RATIO = "square"
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # what our sampler stops on (oq2vl_jax/inference/api.py)
+STOP_TOKENS = (tokens.EOS_TOKEN, tokens.PAD_TOKEN)  # what our sampler stops on (oq2vl_jax/inference/api.py)
 
 V5 = {"vision": "model.vision_tower.", "projector": "model.multi_modal_projector.", "llm": "model.language_model.",
       "lm_head": "lm_head.weight"}
@@ -114,6 +114,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         lines.append("warning: vision blocks after the feature layer are not in the checkpoint; written as zeros "
                      "(LLaVA never uses their output; pass --vision SRC to write the real ones)")
     tok = tokens.open_tokenizer(tokenizer_dir)
+    tokens.add_reference_tokens(tok)  # the chat template writes <s>: a checkpoint saved with a bare tokenizer too
     image_id = tokenizer.add_image_token(tok, config.llm.vocab_size, tokenizer_dir)
     vision_cfg = hf.siglip_config_to_hf(config.vision, use_head="head" in extra)
     text_cfg = hf.qwen2_config_to_hf(config.llm, llm_hf_config)

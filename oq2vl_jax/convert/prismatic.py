@@ -1,4 +1,4 @@
-"""The reference's own run-directory format (REFERENCE.md §4), both ways.
+"""The reference's own run-directory format (docs/reference_notes.md §9), both ways.
 
   DIR/config.json                      {"model": {model_id, vision_backbone_id, llm_backbone_id, arch_specifier,
                                         image_resize_strategy, llm_max_length}, "mount_path": "Qwen"}
@@ -77,8 +77,11 @@ def _state_dict(tensors, dtype) -> dict:
 
 def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | None, *, dtype, with_vision: bool,
            tokenizer_dir: str | None, llm_hf_config: dict | None = None, model_id: str = DEFAULT_MODEL_ID,
-           ) -> list[str]:
-    """Writes a directory `prismatic.load` reads. Consumes `params` (arrays are dropped as they are written)."""
+           mount_path: str = "Qwen") -> list[str]:
+    """Writes a directory `prismatic.load` reads. Consumes `params` (arrays are dropped as they are written).
+
+    `mount_path` is where `prismatic.load` looks for the LLM config and tokenizer ({mount_path}/{LLM name}): "Qwen"
+    (the hub organisation) by default, a local directory for offline use."""
     import torch
 
     lines = []
@@ -112,7 +115,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
     run_config = {"model": {"model_id": model_id, "vision_backbone_id": VISION_BACKBONE_ID, "llm_backbone_id": llm_id,
                             "arch_specifier": arch_specifier(config.tokens_per_image),
                             "image_resize_strategy": "resize-naive", "llm_max_length": 4096},
-                  "mount_path": "Qwen"}
+                  "mount_path": mount_path}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(run_config, f, indent=2)
     with open(os.path.join(out_dir, OUR_CONFIG), "w") as f:

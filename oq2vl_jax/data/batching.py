@@ -9,8 +9,8 @@ Labels (`label_mode`):
     the same document and is not an image position (and, for SFT documents, may be a target). So the last image
     position (predicting the "\\n") is trained, the `<s>` predicting the first image position is not, and neither is
     the last token of a document or padding.
-  "reference_compat": the reference's training (REFERENCE.md §2.5): the whole row is one segment with positions
-    0..n-1 (attention crosses documents, no position reset), every text token after the first is a target,
+  "reference_compat": the reference's training (docs/reference_notes.md §6): the whole row is one segment with
+    positions 0..n-1 (attention crosses documents, no position reset), every text token after the first is a target,
     including the next document's `<s>`; image positions are not targets.
 """
 

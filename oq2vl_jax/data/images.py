@@ -1,4 +1,4 @@
-"""Image bytes -> uint8 [S, S, 3], exactly as the reference preprocesses them (REFERENCE.md §1.3).
+"""Image bytes -> uint8 [S, S, 3], exactly as the reference preprocesses them (docs/reference_notes.md §2).
 
 Default ("squash"): `Image.open(bytes).convert("RGB").resize((S, S), Image.BICUBIC)`, the reference's resize-naive
 transform before ToTensor/Normalize (normalisation happens on device). "pad" keeps the aspect ratio: bicubic resize of
@@ -11,6 +11,7 @@ Bad images raise `BadImage(reason)` with a reason from `stats.SKIP_REASONS`; the
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,13 @@ from oq2vl_jax.errors import UserError
 MIN_IMAGE_SIDE = 2  # the reference drops images whose width or height is 1
 PAD_FILL = (127, 127, 127)  # int(0.5 * 255): mean colour of the SigLIP normalisation, ~0 after it
 RESIZE_MODES = ("squash", "pad")
+
+
+# PIL warns (DecompressionBombWarning) when it opens an image above its own limit (~89M pixels) and raises above
+# twice that. Our `max_image_pixels` guard (64M by default) counts every such image as `image_too_large`, so the
+# warning would only print beside a counted skip (or, when the user raised or disabled our guard, about an image they
+# chose to accept). Silenced for the process: a filter inside the readers would race between read threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class BadImage(Exception):

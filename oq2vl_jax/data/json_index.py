@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -33,7 +34,9 @@ CHUNK_BYTES = 1 << 20  # peak scan memory is ~8x this (numpy temporaries), whate
 _QUOTE, _BACKSLASH, _COMMA, _NEWLINE = 34, 92, 44, 10
 _OPEN = (91, 123)   # [ {
 _CLOSE = (93, 125)  # ] }
-_SPACE = (32, 9, 10, 13)
+# np.load parses the .npy header with ast.literal_eval, which is not thread-safe on CPython 3.11 ("AST constructor
+# recursion depth mismatch" when Grain's read threads map the index at once): one mapping at a time.
+_MAP_LOCK = threading.Lock()
 
 
 def detect_kind(path: str) -> str:
@@ -239,7 +242,9 @@ class JsonRecords:
     @property
     def entries(self) -> np.ndarray:
         if self._entries is None:
-            self._entries = np.load(self.index_path, mmap_mode="r", allow_pickle=False)
+            with _MAP_LOCK:
+                if self._entries is None:
+                    self._entries = np.load(self.index_path, mmap_mode="r", allow_pickle=False)
         return self._entries
 
     def raw(self, index: int) -> bytes:

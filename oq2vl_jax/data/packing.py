@@ -4,7 +4,7 @@ Each round buffers at least `buffer_size` documents from the parent, packs them 
 with at most `max_images_per_row` images (an image counts as tokens_per_image positions; the document length already
 includes them) and emits the rows, optionally in a seeded random order. Two algorithms:
 
-  "ffd": plain first-fit-decreasing, as the reference's offline packer (REFERENCE.md §2.3): sort by length,
+  "ffd": plain first-fit-decreasing, as the reference's offline packer (docs/reference_notes.md §5): sort by length,
     descending (stable: ties keep arrival order), put each document into the first row with room for its tokens
     and images, open a new row otherwise.
   "ffd_fill": the same first-fit-decreasing pass per row, stopped while the row still has room for about

@@ -102,6 +102,9 @@ class DocumentBuilder:
                 stats["overlong_dropped"] = stats.get("overlong_dropped", 0) + 1
                 return None
             layout = truncate_document(layout, self.row_length, self.tokens_per_image)
+            if layout.target_mask is not None and not layout.target_mask[1:].any():  # SFT: no answer token left
+                stats["conversation_invalid"] = stats.get("conversation_invalid", 0) + 1
+                return None
             stats["truncated_overlong"] = stats.get("truncated_overlong", 0) + 1
         return PackedDocument(layout, tuple(images[:layout.num_images]), doc_id)
 

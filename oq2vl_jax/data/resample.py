@@ -1,7 +1,7 @@
 """PIL's bicubic resize of 8-bit RGB, bit for bit, in about a third of PIL's time.
 
-The reference preprocesses every image with `PIL.Image.resize(size, BICUBIC)` (REFERENCE.md §1.3), and on ~512 px
-photos that resize is most of the data pipeline's CPU time. This module computes the same bytes:
+The reference preprocesses every image with `PIL.Image.resize(size, BICUBIC)` (docs/reference_notes.md §2), and on
+~512 px photos that resize is most of the data pipeline's CPU time. This module computes the same bytes:
 
 - the same filter coefficients as Pillow's `precompute_coeffs` (float64, same operation order) rounded to the same
   22-bit fixed point (`normalize_coeffs_8bpc`);

@@ -2,7 +2,7 @@
 
 Every source returns plain dict records; nothing is unpickled and nothing is extracted to disk.
 
-Caption-like sources ("webdataset", "packed_json", "tfds") return
+Caption-like sources ("webdataset", "packed_json", "tfds", "parquet") return
     {"source": name, "index": i, "key": str, "documents": [{"key": str, "parts": [("image", bytes) |
      ("text", str), ...]}, ...], "skips": {reason: n}, "repairs": {reason: n}}
 where a record may hold several documents (a reference packed JSON file) or none (its problem is in "skips").
@@ -31,11 +31,13 @@ import numpy as np
 
 from oq2vl_jax.data import shard_paths
 from oq2vl_jax.data.conversations import LlavaSource, MammothSource
+from oq2vl_jax.data.parquet_source import ParquetSource
+from oq2vl_jax.data.selection import SelectedSource
 from oq2vl_jax.data.webdataset import WebDatasetSource, build_index
 from oq2vl_jax.errors import UserError
 
-SOURCE_KINDS = ("webdataset", "packed_json", "tfds", "llava", "mammoth")
-CAPTION_KINDS = ("webdataset", "packed_json", "tfds")
+SOURCE_KINDS = ("webdataset", "packed_json", "tfds", "parquet", "llava", "mammoth")
+CAPTION_KINDS = ("webdataset", "packed_json", "tfds", "parquet")
 CONVERSATION_KINDS = ("llava", "mammoth")
 
 
@@ -58,7 +60,7 @@ def _count(record: dict, reason: str) -> None:
 
 
 class PackedJsonSource:
-    """The reference's `*_packed.json` files (REFERENCE.md §2.4); one record = one file = all its documents.
+    """The reference's `*_packed.json` files (docs/reference_notes.md §5); one record = one file = all its documents.
 
     Each `info` in "data" has aligned "image_info" / "texts" lists (an image {"image_base64": ...} or null, a text or
     null). The reference's bins are not kept: every info is re-tokenized as a document and re-packed by our FFD
@@ -206,15 +208,25 @@ def open_source(spec: Mapping[str, Any], field: str = "source"):
     name = spec.get("name") or None
     if kind == "webdataset":  # a path, a glob / brace pattern, or a list of them (data/shard_paths.py)
         try:
-            return WebDatasetSource(spec.get("path"), index_dir=spec.get("index_dir") or None, name=name)
+            source = WebDatasetSource(spec.get("path"), index_dir=spec.get("index_dir") or None, name=name)
         except UserError as e:
             raise UserError(f"{field}.path: {e}") from None
+        if not spec.get("select"):
+            return source
+        try:  # a selection file (data/selection.py) restricts the source to its rows, without copying
+            return SelectedSource(source, spec["select"])
+        except UserError as e:
+            raise UserError(f"{field}.select: {e}") from None
     path = str(spec.get("path") or "")
-    if kind != "tfds" and not os.path.exists(os.path.expanduser(path)):
+    if kind not in ("tfds", "parquet") and not os.path.exists(os.path.expanduser(path)):
         raise UserError(f"{field}.path: {path!r} does not exist")
     try:
         if kind == "packed_json":
             return PackedJsonSource(path, name=name)
+        if kind == "parquet":  # Hugging Face parquet datasets (data/parquet_source.py); path may be a glob
+            return ParquetSource(path, image_column=spec.get("image_column", "image"),
+                                 text_column=spec.get("text_column", "text"),
+                                 text_json_path=spec.get("text_json_path", ""), name=name)
         if kind == "tfds":
             if not path and not spec.get("tfds_name"):
                 raise UserError(f"{field}: a tfds source needs tfds_name (registered name) or path (prepared dir)")
@@ -268,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_index = sub.add_parser("index", help="build the member index of WebDataset shards (one index per PATH)")
     p_index.add_argument("paths", nargs="+", metavar="PATH",
-                         help="a shard directory, one .tar, or a quoted glob / brace pattern ('dir/{00000..00099}.tar')")
+                         help="a shard directory, one .tar, or a quoted glob / brace range ('dir/{00000..00099}.tar')")
     p_index.add_argument("--index-dir", default=None, help="write the index here instead of next to the shards")
     p_index.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2))
     p_index.add_argument("--force", action="store_true", help="rebuild even if an up-to-date index exists")

@@ -1,11 +1,11 @@
-"""The token layout of one document, as the reference builds it (REFERENCE.md §1.6, §2.2).
+"""The token layout of one document, as the reference builds it (docs/reference_notes.md §3).
 
 The tokenizer itself (special tokens, `load_tokenizer`) is oq2vl_jax/tokens.py. A caption document is
 
     <s> [image x T_img] \n caption <|im_end|>
 
 i.e. ids = [bos] + T_img image positions + tok("\n" + caption) + [im_end], nothing dropped (the reference's
-`tokenizer_image_token` bug, REFERENCE.md §9 item 4, is deliberately not reproduced).
+`tokenizer_image_token` bug, docs/reference_notes.md §10 Q2, is deliberately not reproduced).
 
 `TextEncoder` is the small picklable part the pipeline ships to Grain workers: the `tokenizers` backend plus the
 special ids, so worker processes never import transformers.
@@ -96,7 +96,7 @@ def caption_document(tokenizer, caption: str, tokens_per_image: int) -> Document
 
 
 def interleaved_document(tokenizer, parts: Sequence[tuple[str, object]], tokens_per_image: int) -> DocumentLayout:
-    """Interleaved image/text document as the reference's JSON training path builds it (REFERENCE.md §2.5).
+    """Interleaved image/text document as the reference's JSON training path builds it (reference_notes.md §3).
 
     parts: ("image", anything) / ("text", str) in document order. Each image becomes an image block followed by
     "\\n"; each text segment gets `<|endofchunk|>` appended when the document has >= 2 images. A caption document is

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from oq2vl_jax import checkpoint_io, parallel
+from oq2vl_jax import checkpoint_io, parallel, tokens
 from oq2vl_jax.data import tokenizer as tok_lib
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.inference import prompts as prompt_lib
@@ -37,7 +37,7 @@ from oq2vl_jax.models import layers, params as params_lib
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig
 from oq2vl_jax.models.vlm import VLM
 
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+STOP_TOKENS = (tokens.EOS_TOKEN, tokens.PAD_TOKEN)  # <|im_end|>, <|endoftext|>
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -73,7 +73,7 @@ class VLMInference:
             compute_dtype = "float32" if devices[0].platform == "cpu" else "bfloat16"
         self.config, self.chat_format = config, chat_format
         self.options = ModelOptions(compute_dtype=compute_dtype, attention=attention)
-        self.tokenizer = tok_lib.load_tokenizer(tokenizer_dir)
+        self.tokenizer = tokens.load_tokenizer(tokenizer_dir, what="checkpoint tokenizer")
         self.encoder = tok_lib.TextEncoder.from_tokenizer(self.tokenizer)
         if self.encoder.vocab_size > config.llm.vocab_size:
             raise UserError(f"the tokenizer in '{tokenizer_dir}' has {self.encoder.vocab_size} tokens but the model's "

@@ -2,7 +2,7 @@
 
   xla     dense boolean mask from segment ids (+ causal); the reference and the CPU path.
   cudnn   GPU: `jax.nn.dot_product_attention(implementation="cudnn")` with the same dense segment mask and
-          `is_causal` (PLATFORM_NOTES: 2.1 ms fwd+bwd vs 11.3 ms for xla on an H100 at 4096 tokens).
+          `is_causal` (docs/reference_notes.md §11: 2.1 ms fwd+bwd vs 11.3 ms for xla on an H100 at 4096 tokens).
   cudnn_packed  GPU, opt-in: cuDNN's packed-sequence path (per-document lengths and offsets, causal) through JAX's
           private `fused_attention_stablehlo.dot_product_attention`; rows with more than MAX_PACKED_SEGMENTS documents
           fall back to `cudnn` inside the step (`lax.cond`). Checked against xla by benchmarks/gpu_check.py.

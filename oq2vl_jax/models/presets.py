@@ -61,6 +61,61 @@ class SiglipConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SiglipTextConfig:
+    """SigLIP text tower (big_vision `text_transformer`, HF `SiglipTextModel`, open_clip `TextTransformer`):
+    bidirectional pre-LN blocks like the vision tower's, final LayerNorm, the last position's state pooled ("last"),
+    a linear head to `projection_dim`. Sequences are padded to exactly `max_length` (the pooled token is the last)."""
+
+    vocab_size: int = 32000
+    width: int = 1152
+    depth: int = 27
+    mlp_dim: int = 4304
+    num_heads: int = 16
+    max_length: int = 64
+    projection_dim: int = 1152
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = GELU_TANH
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def validate(self) -> None:
+        if self.width % self.num_heads:
+            raise UserError(f"text width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_act not in (GELU_EXACT, GELU_TANH):
+            raise UserError(f"text hidden_act must be '{GELU_EXACT}' or '{GELU_TANH}', got '{self.hidden_act}'")
+        if self.depth < 1 or self.max_length < 1:
+            raise UserError("text depth and max_length must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipPairConfig:
+    """Both SigLIP towers, for image-text scores. The vision tower runs all its blocks (feature_layer -1), then its
+    final LayerNorm and MAP head."""
+
+    vision: SiglipConfig = SiglipConfig(feature_layer=-1)
+    text: SiglipTextConfig = SiglipTextConfig()
+
+    def validate(self) -> None:
+        self.vision.validate()
+        self.text.validate()
+        if self.vision.num_blocks_run != self.vision.depth:
+            raise UserError(f"image embeddings need every vision block: feature_layer must be -1, got "
+                            f"{self.vision.feature_layer}")
+        if self.text.projection_dim != self.vision.width:
+            raise UserError(f"text projection_dim {self.text.projection_dim} differs from the image embedding "
+                            f"width {self.vision.width}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SiglipPairConfig":
+        return cls(vision=_from_dict(SiglipConfig, d["vision"]), text=_from_dict(SiglipTextConfig, d["text"]))
+
+
+@dataclasses.dataclass(frozen=True)
 class Qwen2Config:
     vocab_size: int = 151936
     hidden_size: int = 1536
@@ -124,6 +179,14 @@ VISION_PRESETS = {
     "siglip-tiny": SiglipConfig(width=32, depth=3, mlp_dim=64, num_heads=4, patch_size=4, image_size=28),
 }
 
+PAIR_PRESETS = {
+    "siglip-so400m-384-pair": SiglipPairConfig(),  # google/siglip-so400m-patch14-384 (big_vision tanh GELU)
+    "siglip-tiny-pair": SiglipPairConfig(
+        vision=dataclasses.replace(VISION_PRESETS["siglip-tiny"], feature_layer=-1, hidden_act=GELU_TANH),
+        text=SiglipTextConfig(vocab_size=256, width=32, depth=2, mlp_dim=64, num_heads=4, max_length=16,
+                              projection_dim=32)),
+}
+
 LLM_PRESETS = {
     "qwen2.5-0.5b": Qwen2Config(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
                                 num_kv_heads=2, head_dim=64),
@@ -165,7 +228,7 @@ class ModelOptions:
     vision_chunk: int = 8  # image slots per vision-tower step; chunks holding no valid image are skipped
     loss_chunk: int = 2048  # tokens per cross-entropy chunk (never holds fp32 [tokens, vocab] logits at once)
     # Reproduce how the reference trains packed rows: plain causal attention over the whole row and continuous
-    # positions 0..L-1 (REFERENCE.md §2.5). Off: per-document masking and positions.
+    # positions 0..L-1 (docs/reference_notes.md §6). Off: per-document masking and positions.
     reference_compat: bool = False
     splash_interpret: bool = False  # run the TPU splash kernel in interpret mode (tests on CPU)
 

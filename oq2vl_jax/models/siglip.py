@@ -1,11 +1,16 @@
-"""SigLIP vision tower (timm `vit_so400m_patch14_siglip_384` / HF `SiglipVisionModel`), features only.
+"""SigLIP vision tower (timm `vit_so400m_patch14_siglip_384` / HF `SiglipVisionModel`).
 
-Returns the output of block `feature_layer` (default the second-to-last) with no final LayerNorm and no pooling
-head, as the reference uses. Blocks after it are not built, so they cost neither memory nor FLOPs.
-Blocks are stacked along a leading "layers" axis and run with `lax.scan`.
+`SiglipTower` (the VLM's path) returns the output of block `feature_layer` (default the second-to-last) with no final
+LayerNorm and no pooling head, as the reference uses. Blocks after it are not built, so they cost neither memory nor
+FLOPs. Blocks are stacked along a leading "layers" axis and run with `lax.scan`.
+
+`SiglipPooledTower` is the image-embedding path for image-text scores: every block, the final LayerNorm and the
+multi-head attention pooling ("MAP") head, as HF `SiglipVisionModel.pooler_output` / timm `attn_pool`.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -80,3 +85,47 @@ class SiglipTower(nnx.Module):
 
         x, _ = jax.lax.scan(body, x, state)
         return x
+
+
+class MapHead(nnx.Module):
+    """Multi-head attention pooling: a learned probe attends over the tokens, then a residual MLP on its LayerNorm
+    (HF `SiglipMultiheadAttentionPoolingHead`, timm `AttentionPoolLatent`, big_vision `MAPHead`). Returns probe 0."""
+
+    def __init__(self, width: int, mlp_dim: int, num_heads: int, *, eps: float, act: str, dtype, rngs: nnx.Rngs):
+        d = width
+        self.probe = nnx.Param(nnx.with_metadata(nnx.initializers.normal(0.02), logical_axes=(None, None, "vision_embed"))(
+            rngs.params(), (1, 1, d), jnp.float32))
+        self.q = layers.Dense(d, d, axes=("vision_embed", "vision_heads"), dtype=dtype, rngs=rngs)
+        self.k = layers.Dense(d, d, axes=("vision_embed", "vision_heads"), dtype=dtype, rngs=rngs)
+        self.v = layers.Dense(d, d, axes=("vision_embed", "vision_heads"), dtype=dtype, rngs=rngs)
+        self.out = layers.Dense(d, d, axes=("vision_heads", "vision_embed"), dtype=dtype, rngs=rngs)
+        self.norm = layers.LayerNorm(d, eps=eps, rngs=rngs)
+        self.fc1 = layers.Dense(d, mlp_dim, axes=("vision_embed", "vision_mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = layers.Dense(mlp_dim, d, axes=("vision_mlp", "vision_embed"), dtype=dtype, rngs=rngs)
+        self.num_heads, self.head_dim, self.act, self.dtype = num_heads, d // num_heads, act, dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, t, _ = x.shape
+        probe = jnp.broadcast_to(self.probe[...].astype(self.dtype), (n,) + self.probe.shape[1:])
+        split = lambda y: y.reshape(y.shape[0], y.shape[1], self.num_heads, self.head_dim)
+        # Cross-attention (1 query, t keys): the dense XLA path, whatever backend the tower uses.
+        a = attention(split(self.q(probe)), split(self.k(x)), split(self.v(x)), None, causal=False, backend="xla")
+        h = self.out(a.reshape(n, probe.shape[1], -1))
+        h = h + self.fc2(layers.gelu(self.fc1(self.norm(h)), self.act))
+        return h[:, 0]
+
+
+class SiglipPooledTower(nnx.Module):
+    """pixels -> image embedding [N, width]: all blocks, final LayerNorm, MAP head. Its `trunk` has the same
+    parameters as a `SiglipTower` built with feature_layer -1."""
+
+    def __init__(self, cfg: SiglipConfig, opts: ModelOptions, *, rngs: nnx.Rngs):
+        cfg = dataclasses.replace(cfg, feature_layer=-1)
+        dtype = jnp.dtype(opts.compute_dtype)
+        self.trunk = SiglipTower(cfg, opts, rngs=rngs)
+        self.norm = layers.LayerNorm(cfg.width, eps=cfg.layer_norm_eps, rngs=rngs)
+        self.head = MapHead(cfg.width, cfg.mlp_dim, cfg.num_heads, eps=cfg.layer_norm_eps, act=cfg.hidden_act,
+                            dtype=dtype, rngs=rngs)
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        return self.head(self.norm(self.trunk(pixels)))

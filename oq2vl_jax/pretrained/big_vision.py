@@ -55,21 +55,22 @@ def to_ours(name: str, a: np.ndarray) -> np.ndarray:
 class _Blocks:
     """Per-block tensors of either layout; a scanned tensor is read once and sliced for every block."""
 
-    def __init__(self, source: tensor_files.TensorSource, prefix: str, dtype):
-        self.get, self.source = source.getter(prefix, dtype), source
-        self.scanned = prefix + "Transformer/encoderblock/LayerNorm_0/scale" in source
+    def __init__(self, source: tensor_files.TensorSource, prefix: str, dtype, trunk: str = "Transformer"):
+        # trunk: the encoder's module name, "Transformer" in the ViT, "Encoder_0" in the text transformer
+        self.get, self.source, self.trunk = source.getter(prefix, dtype), source, trunk
+        self.scanned = f"{prefix}{trunk}/encoderblock/LayerNorm_0/scale" in source
         self.prefix, self._cached = prefix, (None, None)
 
     def depth(self) -> int:
         if self.scanned:
-            return self.source.get(self.prefix + "Transformer/encoderblock/LayerNorm_0/scale").shape[0]
+            return self.source.get(f"{self.prefix}{self.trunk}/encoderblock/LayerNorm_0/scale").shape[0]
         n = 0
-        while f"{self.prefix}Transformer/encoderblock_{n}/LayerNorm_0/scale" in self.source:
+        while f"{self.prefix}{self.trunk}/encoderblock_{n}/LayerNorm_0/scale" in self.source:
             n += 1
         return n
 
     def name(self, i: int, theirs: str) -> str:
-        return f"Transformer/encoderblock/{theirs}" if self.scanned else f"Transformer/encoderblock_{i}/{theirs}"
+        return f"{self.trunk}/encoderblock/{theirs}" if self.scanned else f"{self.trunk}/encoderblock_{i}/{theirs}"
 
     def __call__(self, i: int, theirs: str) -> np.ndarray:
         if not self.scanned:

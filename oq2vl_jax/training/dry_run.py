@@ -20,7 +20,8 @@ def _bytes_per_device(tree) -> float:
 
 def dry_run(config, num_devices: int) -> str:
     """Abstract state + shardings on an AbstractMesh of num_devices; per-device memory estimates as text."""
-    num_devices = num_devices or int(config.hardware.num_devices)
+    # hardware.num_devices 0 (the demo configs: whatever is present) = this machine's device count
+    num_devices = num_devices or int(config.hardware.num_devices) or jax.device_count()
     slices = int(config.hardware.get("num_slices", 1))
     ici, dcn = parallel.mesh_shapes(config.mesh, num_devices, slices)
     shape = tuple(a * b for a, b in zip(ici, dcn))

@@ -1,4 +1,4 @@
-"""AdamW with the paper's recipe (REFERENCE.md §3.3): betas (0.9, 0.999), eps 1e-8, decoupled weight decay on
+"""AdamW with the paper's recipe (docs/reference_notes.md §7): betas (0.9, 0.999), eps 1e-8, decoupled weight decay on
 weights with >= 2 logical dimensions that are not biases (norm scales and biases get none), global-norm clipping,
 linear warmup over W = int(warmup_ratio * T) updates then cosine to zero.
 
@@ -8,7 +8,8 @@ Learning rate of update k (0-based, T updates in all, peak lr p):
     k >= W:   lr_k = p * 0.5 * (1 + cos(pi * (k - W + 1) / (T - W + 1)))
 
 This is the reference's multiplier curve (HF `get_cosine_schedule_with_warmup`) with its two zero-lr updates removed:
-the reference's first update has lr 0 (REFERENCE.md §9 item 9) and, without warmup, its last update is near 0 too.
+the reference's first update has lr 0 (docs/reference_notes.md §10 Q3) and, without warmup, its last update is near 0
+too.
 Here the warmup reaches p exactly on update W-1, the cosine starts one sample below p on update W and ends one
 sample above 0 on update T-1, so every update moves the weights. With W = 0 the run starts at ~p.
 """

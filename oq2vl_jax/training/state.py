@@ -4,7 +4,7 @@ The model is split once, outside the step, into a graph definition (static; carr
 (nested dicts of arrays, the `checkpoint_io` layout). Inside the jitted step the two are merged again, so no Python
 graph traversal runs per step.
 
-Stages (REFERENCE.md §1.10) decide which top-level towers train:
+Stages (docs/reference_notes.md §4) decide which top-level towers train:
   align     projector                    pretrain  projector + llm          full  vision + projector + llm
 Trained towers keep fp32 master weights and optimizer state; frozen towers have neither gradients nor optimizer
 state and are stored in `frozen_dtype` (bf16: the reference casts its frozen vision tower to bf16).

@@ -7,7 +7,7 @@ accumulates gradients with `lax.scan`:
   token-weighted (default):  loss = sum of weighted NLL over all micro-batches / sum of weights; the gradient is that
                              of the same ratio, so accumulation over A micro-batches equals one A-times-larger batch.
   reference_compat:          loss = mean over micro-batches of (micro-batch NLL sum / its weight sum), the
-                             reference's mean of per-micro-batch means (REFERENCE.md §9 item 28).
+                             reference's mean of per-micro-batch means (docs/reference_notes.md §10 Q4).
 
 Gradient norm is measured before clipping. A non-finite loss or gradient norm skips the update inside the step
 (`lax.cond`: parameters and optimizer state unchanged) and is counted in the state.
