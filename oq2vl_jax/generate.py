@@ -4,7 +4,8 @@
                                [--temperature T --top-p P --top-k K --seed S] [--stop STR ...] [--json]
   python -m oq2vl_jax.generate --ckpt CKPT --input prompts.jsonl --out answers.jsonl [--batch-size 8] [...]
 
-CKPT: an oq2vl_jax checkpoint directory (latest step unless --step), a training workdir, or an hf-llava directory.
+CKPT: an oq2vl_jax checkpoint directory (latest step unless --step; `convert import` turns a released hf-llava or
+prismatic model into one) or a training workdir.
 --image may be repeated (several images, in order) or left out (text only). Batch input lines are
 `{"id"?: ..., "image": PATH | "images": [PATH, ...], "prompt" | "text": STR | "messages": [...]}`; relative image paths
 are resolved against the input file's directory. Each output line is `{"index", "id", "answer", "finish_reason",
@@ -29,7 +30,7 @@ EXIT_USER_ERROR = 2
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m oq2vl_jax.generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="checkpoint directory, training workdir or hf-llava directory")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory or training workdir")
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
     p.add_argument("--prompt", help="prompt text (single mode)")

@@ -129,7 +129,7 @@ def train(config, workdir: str, stop) -> None:
     parallel.initialize_distributed(config.distributed)
     setup.validate_config(config, parallel.build_mesh(config.mesh, jax.devices()), check_paths=False)
     with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
-        if stop is not None and stop.received and jax.process_count() == 1:
+        if stop is not None and stop.received:  # (several processes: every host gets the preemption SIGTERM)
             print(f"stopped by {stop.received.upper()} during start-up: nothing trained, nothing saved")
             return
         paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used

@@ -104,3 +104,18 @@ def test_auto_picks_by_platform():
     assert resolve_backend("xla") == "xla"
     with pytest.raises(ValueError, match="unknown attention backend"):
         attention(*_inputs()[:3], None, causal=True, backend="flash")
+
+
+def test_cached_form_with_the_queries_as_keys_equals_the_training_form():
+    """Separate key segments/positions (the KV-cache form): same document, key position <= query position, key not
+    padding. With keys = queries it is the causal segment mask on every real query."""
+    q, k, v, seg = _inputs()
+    pos = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))
+    got = np.asarray(attention(q, k, v, seg, causal=True, kv_segment_ids=seg, q_positions=pos, kv_positions=pos))
+    real = seg > 0
+    np.testing.assert_allclose(got[real], _numpy_reference(q, k, v, seg, causal=True)[real], atol=1e-5)
+    # slots out of order: keys shuffled along S with their segments and positions -> the same output
+    perm = np.random.default_rng(1).permutation(T)
+    shuffled = attention(q, k[:, perm], v[:, perm], seg, causal=True, kv_segment_ids=seg[:, perm], q_positions=pos,
+                         kv_positions=pos[:, perm])
+    np.testing.assert_allclose(np.asarray(shuffled)[real], got[real], atol=1e-5)

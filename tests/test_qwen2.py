@@ -78,3 +78,25 @@ def test_real_sizes_parameter_counts(name):
     assert ours == theirs
     if name == "qwen2.5-1.5b":
         assert ours == 1_543_714_304
+
+
+def test_prefill_then_decode_with_the_cache_equals_the_full_forward():
+    """Ragged rows: a right-padded 4-token prefill, then one token per step through the same cached code path."""
+    from oq2vl_jax.models.cache import KVCache
+
+    cfg = llm_preset("qwen2-tiny")
+    model = Qwen2(cfg, ModelOptions(attention="xla"), rngs=nnx.Rngs(0))
+    b, length, prefill = 3, 10, 4
+    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, (b, length)).astype(np.int32)
+    seg = (np.arange(length)[None] < np.array([[10], [6], [8]])).astype(np.int32)
+    pos = np.broadcast_to(np.arange(length, dtype=np.int32), (b, length))
+    want = np.asarray(model(ids, pos, seg))
+    cache = KVCache.zeros(cfg, b, 16)
+    h, cache = model.hidden_states(model.embed_tokens(ids[:, :prefill]), pos[:, :prefill], seg[:, :prefill], cache)
+    got = [model.logits(h)]
+    for t in range(prefill, length):
+        h, cache = model.hidden_states(model.embed_tokens(ids[:, t:t + 1]), pos[:, t:t + 1], seg[:, t:t + 1], cache)
+        got.append(model.logits(h))
+    assert int(cache.end) == length
+    real = seg.astype(bool)
+    np.testing.assert_allclose(np.concatenate(got, axis=1)[real], want[real], atol=1e-5)

@@ -1,15 +1,15 @@
 """The Python API: load a model once onto a mesh, then generate and score many times.
 
     from oq2vl_jax.inference import VLMInference
-    vlm = VLMInference.load("runs/demo/checkpoints")         # or a workdir, or an hf-llava directory
+    vlm = VLMInference.load("runs/demo/checkpoints")         # or a workdir, or `convert import` output
     vlm.generate([{"image": "cat.jpg", "text": "What is this?"}], template="chat", max_new_tokens=32)
     -> ["A cat."]
     vlm.score([{"image": "cat.jpg", "text": "Is it a cat?"}], [["Yes", "No"]])       -> [[-0.1, -2.4]]
     vlm.candidate_probabilities([...], ["A", "B", "C", "D"])                       -> [[0.7, 0.1, 0.1, 0.1]]
 
 Requests are described in `inference/prompts.py`. `load` accepts an oq2vl_jax checkpoint directory (what `convert
-import` and the trainer write; the latest step unless `step` is given), a training workdir (its `checkpoints/`), or an
-hf-llava directory (imported on the fly). The mesh is data parallel over the devices (rows of a generate batch are
+import` writes for a released model, and what the trainer writes; the latest step unless `step` is given) or a
+training workdir (its `checkpoints/`). The mesh is data parallel over the devices (rows of a generate batch are
 split across them) and, with `tensor_parallel` > 1, tensor parallel over heads / MLP / vocabulary through the
 logical-axis rules table of `oq2vl_jax.parallel`.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from typing import Any, Sequence
 
 import jax
@@ -98,15 +97,10 @@ class VLMInference:
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str, *, step: int | None = None, **kwargs) -> "VLMInference":
-        """From an oq2vl_jax checkpoint dir, a training workdir, or an hf-llava directory (see the module doc)."""
+        """From an oq2vl_jax checkpoint dir or a training workdir (see the module doc)."""
         if os.path.isdir(path) and _is_hf_llava(path):
-            from oq2vl_jax.convert import llava
-
-            imported, tok_dir = llava.read(path)
-            try:
-                return cls(imported.config, imported.params, tok_dir, **kwargs)
-            finally:
-                shutil.rmtree(tok_dir, ignore_errors=True)
+            raise UserError(f"'{path}' is a Hugging Face directory; import it first: python -m oq2vl_jax.convert "
+                            f"import --from hf-llava {path} --out CKPT (prismatic runs: --from prismatic)")
         ckpt = resolve_checkpoint(path)
         tok_dir = checkpoint_io.tokenizer_path(ckpt)
         if tok_dir is None:

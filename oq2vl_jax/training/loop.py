@@ -90,9 +90,12 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     mesh = parallel.build_mesh(config.mesh, devices)
     setup.validate_config(config, mesh, check_data=data_factory is None)
     workdir = workdir_lib.check_workdir(workdir)
+    multiprocess = jax.process_count() > 1
     own_stop = stop is None
-    stop = stop or StopSignal().install()
-    stop.bind(jax.process_count() > 1)
+    # with several processes SIGTERM belongs to JAX's preemption notifier (installed by jax.distributed.initialize):
+    # a handler installed now would replace it
+    stop = stop or (StopSignal() if multiprocess else StopSignal().install())
+    stop.bind(multiprocess)
     try:
         with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
             return _run(config, workdir, devices, mesh, data_factory, compiler_options, stop)

@@ -7,7 +7,9 @@ that comes during start-up is kept and the loop stops before its first step inst
 This module imports nothing heavy for that reason.
 
 With several processes SIGTERM is left to JAX's preemption service (`multihost_utils.reached_preemption_sync_point`),
-so that every process stops at the same step; Ctrl-C there interrupts at once.
+so that every process stops at the same step: `jax.distributed.initialize` installs its own SIGTERM handler after
+the CLI's (a SIGTERM before that stops the run before training starts), and `loop.run` installs none. Ctrl-C there
+interrupts at once.
 """
 
 from __future__ import annotations
