@@ -19,12 +19,12 @@ import argparse
 import hashlib
 import json
 import os
-import threading
 import time
 
 import numpy as np
 from absl import logging
 
+from oq2vl_jax.data.npy_map import map_npy
 from oq2vl_jax.errors import UserError
 
 INDEX_VERSION = 1
@@ -34,9 +34,6 @@ CHUNK_BYTES = 1 << 20  # peak scan memory is ~8x this (numpy temporaries), whate
 _QUOTE, _BACKSLASH, _COMMA, _NEWLINE = 34, 92, 44, 10
 _OPEN = (91, 123)   # [ {
 _CLOSE = (93, 125)  # ] }
-# np.load parses the .npy header with ast.literal_eval, which is not thread-safe on CPython 3.11 ("AST constructor
-# recursion depth mismatch" when Grain's read threads map the index at once): one mapping at a time.
-_MAP_LOCK = threading.Lock()
 
 
 def detect_kind(path: str) -> str:
@@ -242,9 +239,7 @@ class JsonRecords:
     @property
     def entries(self) -> np.ndarray:
         if self._entries is None:
-            with _MAP_LOCK:
-                if self._entries is None:
-                    self._entries = np.load(self.index_path, mmap_mode="r", allow_pickle=False)
+            self._entries = map_npy(self.index_path)  # thread-safe (see npy_map.py)
         return self._entries
 
     def raw(self, index: int) -> bytes:

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
+from oq2vl_jax.data.npy_map import map_npy
 from oq2vl_jax.data.shard_paths import expand_shards
 from oq2vl_jax.data.stats import SKIP_REASONS
 from oq2vl_jax.errors import UserError
@@ -189,7 +190,7 @@ def _valid_index(npy_path: str, root: str, fingerprint: list[list]) -> dict | No
     if not meta or meta.get("root") != root or meta.get("shards") != fingerprint:
         return None
     try:
-        entries = np.load(npy_path, mmap_mode="r", allow_pickle=False)
+        entries = map_npy(npy_path)
     except (OSError, ValueError):
         return None
     return meta if entries.dtype == INDEX_DTYPE and len(entries) == meta.get("num_records") else None
@@ -299,7 +300,7 @@ class WebDatasetSource:
     def entries(self) -> np.ndarray:
         """The index, mapped once per process (its file name carries the shards' fingerprint; see the docstring)."""
         if self._entries is None:
-            entries = np.load(self.index_path, mmap_mode="r", allow_pickle=False)
+            entries = map_npy(self.index_path)  # thread-safe: Grain's read threads get here at once
             if len(entries) != self.num_records:
                 raise UserError(f"webdataset index {self.index_path} was changed after it was opened; restart")
             self._entries = entries
