@@ -239,7 +239,7 @@ class JsonRecords:
     @property
     def entries(self) -> np.ndarray:
         if self._entries is None:
-            self._entries = map_npy(self.index_path)  # thread-safe (see npy_map.py)
+            self._entries = map_npy(self.index_path, np.int64)  # [offset, length] rows; thread-safe (npy_map.py)
         return self._entries
 
     def raw(self, index: int) -> bytes:

@@ -190,10 +190,10 @@ def _valid_index(npy_path: str, root: str, fingerprint: list[list]) -> dict | No
     if not meta or meta.get("root") != root or meta.get("shards") != fingerprint:
         return None
     try:
-        entries = map_npy(npy_path)
+        entries = map_npy(npy_path, INDEX_DTYPE)
     except (OSError, ValueError):
         return None
-    return meta if entries.dtype == INDEX_DTYPE and len(entries) == meta.get("num_records") else None
+    return meta if len(entries) == meta.get("num_records") else None
 
 
 def _remove_stale(directory: str, stem: str) -> None:
@@ -300,7 +300,7 @@ class WebDatasetSource:
     def entries(self) -> np.ndarray:
         """The index, mapped once per process (its file name carries the shards' fingerprint; see the docstring)."""
         if self._entries is None:
-            entries = map_npy(self.index_path)  # thread-safe: Grain's read threads get here at once
+            entries = map_npy(self.index_path, INDEX_DTYPE)  # thread-safe: Grain's read threads get here at once
             if len(entries) != self.num_records:
                 raise UserError(f"webdataset index {self.index_path} was changed after it was opened; restart")
             self._entries = entries
