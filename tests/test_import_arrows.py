@@ -13,7 +13,7 @@ FORBIDDEN = {
     "data": {"models", "training", "convert", "pretrained"},
     "convert": {"training", "data"},
     "training": {"convert"},
-    "inference": {"training", "convert"},  # released models reach inference through `convert import`  # reading an hf-llava export directly goes through convert.llava
+    "inference": {"training", "convert"},  # released models reach inference through `convert import`
     "pretrained": {"convert", "training", "data"},  # shared by training and convert: depends on neither
     "tokens": {"data", "training", "convert", "pretrained", "models"},
 }
