@@ -135,3 +135,23 @@ def test_missing_file_is_one_line(tmp_path, name):
     with pytest.raises(UserError) as e:
         task.load(str(tmp_path))
     assert "missing" in str(e.value) and str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_demo_task_reads_the_sft_demo_held_out_split(tmp_path):
+    """--data WORKDIR/sft_data (configs/demo_sft.py) evaluates the SFT demo's held-out eval.json, by answer kind."""
+    import json
+
+    from oq2vl_jax.data.demo_sft import write_sft_demo
+
+    paths = write_sft_demo(str(tmp_path), num_train=4, num_eval=12, image_size=16, seed=3)
+    with open(paths["eval"]) as f:
+        held_out = [r for r in json.load(f) if r.get("image")]
+    task = registry.TASKS["demo"]()
+    items = task.load(str(tmp_path))
+    assert [it.id for it in items] == [r["id"] for r in held_out] and items
+    assert {it.category for it in items} <= {"colour", "shape", "position", "describe"}
+    first = held_out[0]["conversations"]
+    assert items[0].fields == {"question": first[0]["value"].replace("<image>", "").strip(), "answer": first[1]["value"]}
+    right = {it.id: {"answer": it.fields["answer"]} for it in items}
+    _, metrics = _score(task, items, right)
+    assert metrics["strict"]["score"] == pytest.approx(100.0)

@@ -6,6 +6,10 @@ item per record: its first question and answer. Category: the question template 
 Reference prompt: the harness's VQA prompt; reference score: `answer.lower() in output.lower()`.
 Chat prompt: the human turn as in the SFT data ("<image>\\n{question}").
 Strict score: equality after the official VQA normalisation (`vqa_norm.py`: "a circle" == "circle", "Yes." == "yes").
+
+`--data` may also be the SFT demo's directory (WORKDIR/sft_data of configs/demo_sft.py, `oq2vl_jax/data/demo_sft.py`):
+its held-out `eval.json` (images relative to that directory) is then the item set, categorised by answer kind
+(colour, shape, position, describe), so the demo's pre-train -> SFT recipe ends with this table.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from oq2vl_jax.evals.api import IMAGE_MARKER, Item
 from oq2vl_jax.evals.task import Task
 from oq2vl_jax.evals.vqa_norm import normalize_answer
 
+SFT_DEMO_EVAL = "eval.json"  # the held-out split of data/demo_sft.py
 _TEMPLATES = [(re.compile("^" + re.sub(r"\\\{\w+\\\}", ".+", re.escape(q)) + "$"), q) for q, _ in QUESTIONS]
 
 
@@ -34,8 +39,12 @@ class DemoVQA(Task):
     description = "demo shapes VQA"
 
     def load(self, data_dir):
-        root = os.path.join(data_dir, "sft")
-        records = files.read_json(os.path.join(root, "llava.json"), self.name)
+        sft_demo_eval = os.path.join(data_dir, SFT_DEMO_EVAL)
+        if os.path.isfile(sft_demo_eval) and not os.path.isfile(os.path.join(data_dir, "sft", "llava.json")):
+            root, records = data_dir, files.read_json(sft_demo_eval, self.name)
+        else:
+            root = os.path.join(data_dir, "sft")
+            records = files.read_json(os.path.join(root, "llava.json"), self.name)
         items = []
         for rec in records:
             turns = rec.get("conversations") or []
@@ -43,8 +52,9 @@ class DemoVQA(Task):
                 continue
             question = turns[0]["value"].replace(IMAGE_MARKER, "").strip()
             image = files.require(os.path.join(root, rec["image"]), self.name)
+            category = (rec.get("answer_kinds") or [None])[0] or template_of(question)
             items.append(Item(str(rec["id"]), (image,), {"question": question, "answer": turns[1]["value"]},
-                              template_of(question)))
+                              category))
         return items
 
     def requests(self, item, style):
