@@ -23,6 +23,8 @@ from jax.sharding import Mesh
 
 from oq2vl_jax import parallel
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.models import params as params_lib
+from oq2vl_jax.models.params import path_str
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig
 from oq2vl_jax.models.vlm import VLM
 
@@ -56,10 +58,6 @@ def merge_params(trainable: Mapping, frozen: Mapping) -> dict:
     return {k: (trainable[k] if k in trainable else frozen[k]) for k in TOWERS}
 
 
-def path_str(path) -> str:
-    return "/".join(str(getattr(p, "key", p)) for p in path)
-
-
 class ModelParts:
     """The static half of the model (graphdef), abstract parameters and their logical axes (by '/'-joined path)."""
 
@@ -67,16 +65,7 @@ class ModelParts:
         self.config, self.options = config, options
         abstract = nnx.eval_shape(lambda: VLM(config, options, rngs=nnx.Rngs(0)))
         self.graphdef, state = nnx.split(abstract, nnx.Param)
-        self.logical_axes: dict[str, tuple] = {}
-        for path, var in jax.tree_util.tree_leaves_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
-            axes = tuple(var.get_metadata()["logical_axes"])
-            ndim = len(var.get_value().shape)
-            if len(axes) == ndim - 1:  # stacked blocks: the leading dimension is the layer index
-                axes = ("layers",) + axes
-            if len(axes) != ndim:
-                raise ValueError(f"parameter {path_str(path)} has logical axes {axes} for shape "
-                                 f"{var.get_value().shape}")
-            self.logical_axes[path_str(path)] = axes
+        self.logical_axes: dict[str, tuple] = params_lib.logical_axes(abstract)
         self.abstract_params: dict = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                                   state.to_pure_dict())
 
