@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.update(lr=5e-4, weight_decay=0.1, warmup_ratio=0.03)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.checkpoint.update(every_steps=125, keep=2)
+    # the demo VQA task (evals/demo.py) on the held-out conversations, generated in the chat template, every
+    # train.eval_every steps and at the end: metrics.jsonl, TensorBoard and WORKDIR/evals/step_N/report.md
+    c.evals = ("demo:prompt=chat,limit=0",)
     c.demo_sft = ml_collections.ConfigDict(dict(
         data_dir="",                 # "" = WORKDIR/sft_data; a new or empty directory, or an earlier SFT demo set
         num_train=2000, num_eval=200, seed=1,

@@ -81,3 +81,18 @@ def test_config_evals_override_through_the_flag_parser():
     fv(argv)
     assert fv.config.evals == ("demo:limit=8,every=50", "demo_attributes")
     assert [s.name for s in evaluators.parse_specs(fv.config.evals)] == ["demo", "demo_attributes"]
+
+
+def test_demo_sft_config_evaluates_its_own_held_out_set(tmp_path):
+    """configs/demo_sft.py runs the demo VQA task (chat prompts, every item) on WORKDIR/sft_data, not the
+    pre-training demo's directory."""
+    import runpy
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = runpy.run_path(os.path.join(repo, "configs", "demo_sft.py"))["get_config"]()
+    (spec,) = evaluators.parse_specs(config.evals)
+    assert (spec.name, spec.prompt, spec.limit) == ("demo", "chat", 0)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    ev = evaluators.TrainingEvaluators.from_config(config, str(tmp_path / "run"), None, str(tok))
+    assert ev.demo_data_dir == str(tmp_path / "run" / "sft_data")

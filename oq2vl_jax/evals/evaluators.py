@@ -8,7 +8,8 @@ held-out attribute scorer.
             held-out attribute score, evals/demo_attributes.py; off with --config.demo.score_attributes=False)
   every     run every N steps (default: config.train.eval_every; 0 = only at the end of training)
   limit     the first N items (default 64; 0 = all)
-  data      the benchmark directory (default: the demo data directory for the demo tasks)
+  data      the benchmark directory (default for the demo tasks: the demo data directory, WORKDIR/demo_data, or
+            with configs/demo_sft.py the SFT demo's, WORKDIR/sft_data)
   prompt    reference | chat (default reference)
   batch     items per model call (default 8)
 
@@ -130,7 +131,11 @@ class TrainingEvaluators:
                             "`python -m oq2vl_jax.evaluate` instead")
         if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
             raise UserError("config.evals needs the run's tokenizer (data.tokenizer_dir or the checkpoint's)")
-        demo_dir = os.path.abspath(os.path.expanduser(demo.get("data_dir") or os.path.join(workdir, "demo_data")))
+        if "demo_sft" in config:  # configs/demo_sft.py: the demo task reads the SFT demo's held-out eval.json
+            default_dir = config.demo_sft.get("data_dir") or os.path.join(workdir, "sft_data")
+        else:
+            default_dir = demo.get("data_dir") or os.path.join(workdir, "demo_data")
+        demo_dir = os.path.abspath(os.path.expanduser(default_dir))
         for s in specs:
             if s.name == ATTRIBUTES and "demo" not in config:
                 raise UserError("config.evals: demo_attributes needs the demo config (configs/demo.py)")
