@@ -80,3 +80,49 @@ def test_synthdog_layout_trains_through_the_pipeline(tmp_path, tiny_tokenizer_di
     model = VLM(config, ModelOptions(attention="xla"), rngs=nnx.Rngs(0))
     total, weight = jax.jit(lambda m, b: m.loss(b))(model, {k: v for k, v in batch.items() if k != "stats"})
     assert float(weight) > 0 and np.isfinite(float(total))
+
+
+def test_read_threads_never_share_a_parquet_reader_at_once(tmp_path, monkeypatch):
+    """Grain's read threads index one source at once; a pyarrow ParquetFile is not thread-safe (concurrent
+    read_row_group on one handle segfaulted), so row groups are read one at a time, and the records are unchanged."""
+    import threading
+    import time
+
+    src = open_source(spec(write_synthdog(str(tmp_path))))
+    expected = [src[i] for i in range(len(src))]
+    real, active, peak, guard = pq.ParquetFile, [0], [0], threading.Lock()
+
+    class Watched:
+        def __init__(self, *args, **kwargs):
+            self._file = real(*args, **kwargs)
+
+        def __getattr__(self, name):  # metadata, schema: the real reader's
+            return getattr(self._file, name)
+
+        def read_row_group(self, *args, **kwargs):
+            with guard:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.005)
+            try:
+                return self._file.read_row_group(*args, **kwargs)
+            finally:
+                with guard:
+                    active[0] -= 1
+
+    monkeypatch.setattr(pq, "ParquetFile", Watched)
+    fresh = open_source(spec(str(tmp_path)))
+    barrier, got = threading.Barrier(8), {}
+
+    def work(t):
+        barrier.wait()
+        for i in range(t, len(fresh), 8):
+            got[i] = fresh[i]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 1
+    assert [got[i] for i in range(len(fresh))] == expected

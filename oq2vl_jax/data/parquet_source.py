@@ -20,6 +20,7 @@ import collections
 import glob
 import json
 import os
+import threading
 
 import numpy as np
 
@@ -65,6 +66,10 @@ class ParquetSource:
         self._starts = np.concatenate([[0], np.cumsum([n for _, _, n in groups], dtype=np.int64)])
         self._handles: dict = {}
         self._cache: collections.OrderedDict = collections.OrderedDict()
+        # Grain's read threads call __getitem__ at once; a pyarrow ParquetFile reader and the cache are not
+        # thread-safe (concurrent read_row_group on one handle segfaulted). Reading a row group holds the lock;
+        # decoding the images happens outside it.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -75,9 +80,18 @@ class ParquetSource:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_handles"], state["_cache"] = {}, collections.OrderedDict()
+        del state["_lock"]
         return state
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _row_group(self, k: int) -> dict:
+        with self._lock:
+            return self._row_group_locked(k)
+
+    def _row_group_locked(self, k: int) -> dict:
         if k in self._cache:
             self._cache.move_to_end(k)
             return self._cache[k]
