@@ -19,9 +19,8 @@ import sys
 
 from absl import logging
 
-from oq2vl_jax.errors import UserError
+from oq2vl_jax.errors import UserError, report_user_error
 
-EXIT_USER_ERROR = 2
 RUN_FILE = "run.json"
 
 
@@ -133,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--ckpt is required (or --dry_run to check data and prompts only)")
         evaluate(args)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(e)
     return 0
 
 

@@ -23,9 +23,8 @@ import os
 import sys
 import time
 
-from oq2vl_jax.errors import UserError
+from oq2vl_jax.errors import UserError, report_user_error
 
-EXIT_USER_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -210,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                                 chat_format=args.chat_format)
         lines = run_batch(vlm, args) if args.input is not None else run_single(vlm, args)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(e)
     for line in lines:
         print(line)
     return 0

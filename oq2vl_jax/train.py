@@ -25,10 +25,9 @@ import sys  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from oq2vl_jax.errors import UserError  # noqa: E402
+from oq2vl_jax.errors import UserError, report_user_error  # noqa: E402
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -86,8 +85,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _exit_user_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(report_user_error(UserError(message)))
 
 
 class _QuietLibraries(std_logging.Filter):

@@ -17,9 +17,8 @@ import logging
 import shutil
 import sys
 
-from oq2vl_jax.errors import UserError
+from oq2vl_jax.errors import EXIT_USER_ERROR, UserError, report_user_error  # noqa: F401 (EXIT_USER_ERROR: tests)
 
-EXIT_USER_ERROR = 2
 
 
 IMPORT_EXAMPLES = """examples:
@@ -153,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lines = run_import(args) if args.command == "import" else run_export(args)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(e)
     for line in lines:
         print(line)
     return 0

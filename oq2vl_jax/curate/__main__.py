@@ -19,9 +19,8 @@ import json
 import os
 import sys
 
-from oq2vl_jax.errors import UserError
+from oq2vl_jax.errors import UserError, report_user_error
 
-EXIT_USER_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(json.dumps(run(args)))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(e)
     return 0
 
 
