@@ -16,6 +16,7 @@ import pytest
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.training import loop, metrics
 from oq2vl_jax.training.checkpoint import Checkpointer
+from oq2vl_jax.training.host import PREFETCH_DEPTH
 from convert_fixtures import hf_llm, hf_vision, tiny_tokenizer_dir  # noqa: F401,F811 (pytest fixtures)
 from test_step import FAST_COMPILE, ROW_LENGTH, SyntheticIterator, synthetic_factory
 
@@ -76,9 +77,19 @@ def test_run_metrics_eval_checkpoints_and_exact_resume_after_sigterm_and_crash(t
     assert sorted(os.listdir(os.path.join(reference_dir, "checkpoints"))) == ["4", "6"]  # keep=2
     expected = {r["step"]: r["loss"] for r in records if "loss" in r}
 
-    # SIGTERM while batch 2 is read: stops after the current step with a checkpoint there
+    # SIGTERM during start-up (here: while the data iterator is made): stops before the first step, saves nothing
+    def signal_at_start(split, seed, pi, pc, rows):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread before the loop's first check
+        return SyntheticIterator(rows)
+    early = run(workdir, signal_at_start, eval_every=0)
+    assert (early.stopped_by, early.last_step) == ("sigterm", 0)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "0"))
+    assert metrics.read_metrics(workdir) == []
+
+    # SIGTERM once training runs: the prefetcher reads batch PREFETCH_DEPTH + 1 only after the loop took batch 0, so
+    # the signal comes during a step (not start-up, no race); that step finishes and is saved
     interrupt = lambda at, how: (lambda split, seed, pi, pc, rows: InterruptingIterator(rows, at, how))  # noqa: E731
-    stopped = run(workdir, interrupt(2, "sigterm"), eval_every=0)
+    stopped = run(workdir, interrupt(PREFETCH_DEPTH + 1, "sigterm"), eval_every=0)
     assert stopped.stopped_by == "sigterm" and 1 <= stopped.last_step < 6
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     assert ckpt.latest_step() == stopped.last_step

@@ -26,12 +26,16 @@ def pipeline_data_factory(config, tokens_per_image: int) -> DataFactory:
     return make
 
 
+PREFETCH_DEPTH = 2  # batches read ahead of the step that uses them
+
+
 class Prefetcher:
-    """next(iterator) and its state right after, one batch ahead, in a daemon thread."""
+    """next(iterator) and its state right after, read ahead in a daemon thread: batch k is read only once the loop
+    has taken batch k - depth - 1 (k - depth waiting in the queue, one more held by the reading thread)."""
 
     _END = object()
 
-    def __init__(self, iterator, depth: int = 2):
+    def __init__(self, iterator, depth: int = PREFETCH_DEPTH):
         self.iterator, self.queue = iterator, queue.Queue(maxsize=depth)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
