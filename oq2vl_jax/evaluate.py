@@ -46,22 +46,43 @@ def _compare_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_run_file(out_dir: str, run: dict) -> None:
-    """One output directory holds one run: a rerun must use the same checkpoint, prompt style, seed and limit."""
+RUN_KEYS = ("ckpt", "prompt", "seed", "limit")
+
+
+def _check_run_file(out_dir: str, run: dict, task_names: list[str]) -> None:
+    """One output directory holds one run, marked by OUT/run.json: a rerun must use the same checkpoint, prompt
+    style, seed and limit. A directory that holds anything without our run.json is the user's: refused, untouched;
+    so is a task's predictions file that is not ours."""
     path = os.path.join(out_dir, RUN_FILE)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} is a file; choose a directory for the evaluation")
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        diff = [k for k in ("ckpt", "prompt", "seed", "limit") if old.get(k) != run.get(k)]
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict) or not all(k in old for k in RUN_KEYS):
+            raise UserError(f"--out {out_dir}: {path} is not the run file of an evaluation of this tool; choose "
+                            "another --out")
+        diff = [k for k in RUN_KEYS if old.get(k) != run.get(k)]
         if diff:
             raise UserError(f"--out {out_dir} holds a run with different {', '.join(diff)} "
                             f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); choose another --out")
-    else:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(run, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        from oq2vl_jax.evals import runner
+        for name in task_names:  # a predictions file that is not ours fails now, not after the model loaded
+            runner.read_records(os.path.join(out_dir, name, runner.PREDICTIONS))
+        return
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        shown = sorted(os.listdir(out_dir))[:3]
+        raise UserError(f"--out {out_dir} holds files that no evaluation of this tool wrote ({', '.join(shown)}"
+                        f"{', ...' if len(os.listdir(out_dir)) > 3 else ''}; no {RUN_FILE}); choose a new or empty "
+                        "--out")
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(run, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:
@@ -87,7 +108,7 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
     run = {"ckpt": os.path.abspath(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
            "limit": args.limit}
     if process_index == 0:
-        _check_run_file(args.out, run)
+        _check_run_file(args.out, run, [task.name for task, _ in loaded])
     if model is None:
         from oq2vl_jax.evals.model import load_model
 

@@ -23,8 +23,8 @@ import os
 import sys
 import time
 
+from oq2vl_jax import own_files
 from oq2vl_jax.errors import UserError, report_user_error
-
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +58,8 @@ def _check_args(args) -> None:
             raise UserError("--prompt/--image are for single mode; batch mode reads them from --input")
         if not os.path.isfile(args.input):
             raise UserError(f"--input: '{args.input}' is not a file")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise UserError(f"--out: the directory of '{args.out}' does not exist")
     elif args.prompt is None:
         raise UserError("give --prompt TEXT (use --prompt \"\" for an empty prompt) or --input FILE --out FILE")
     for path in args.image:
@@ -106,36 +108,26 @@ def read_requests(path: str) -> list[tuple[dict, str]]:
     return out
 
 
+ANSWER_PREFIX = '{"index": '  # every answer line we write begins so (json.dumps keeps the key order)
+
+
 def read_done(out_path: str, requests: list[tuple[dict, str]]) -> int:
-    """How many answers `out_path` already holds for these requests (0 if it does not exist). An interrupted last
-    line is dropped (rewritten atomically); answers for other input refuse the run."""
-    if not os.path.exists(out_path):
-        return 0
-    with open(out_path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    good = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i >= len(lines) - 2 and not line.endswith("}"):  # the last line, cut by an interruption
-                break
-            raise UserError(f"--out: '{out_path}' is not an answers file of this tool (line {i + 1}); choose a new "
-                            "--out")
-        index = len(good)
-        if (not isinstance(record, dict) or record.get("index") != index or index >= len(requests)
+    """How many answers `out_path` already holds for these requests (0 if it does not exist). A last line cut by an
+    interruption is dropped; a file that is not an answers file of ours (the user's notes) or holds answers for other
+    input refuses the run: nothing of it is changed."""
+    if os.path.isdir(out_path):
+        raise UserError(f"--out: '{out_path}' is a directory; give a file path for the answers (JSONL)")
+    hint = "choose a new --out"
+    records, good_end = own_files.read_own_jsonl(
+        out_path, is_record=lambda r: "index" in r and "input_sha1" in r, prefix=ANSWER_PREFIX,
+        what="an answers file of this tool", hint=hint)
+    for index, record in enumerate(records):
+        if (record.get("index") != index or index >= len(requests)
                 or record.get("input_sha1") != requests[index][1]):
-            raise UserError(f"--out: '{out_path}' holds answers for other input (line {i + 1} does not match "
-                            f"--input line {index + 1}); choose a new --out or the matching --input")
-        good.append(line)
-    if len(good) != sum(1 for line in lines if line.strip()):
-        tmp = out_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in good))
-        os.replace(tmp, out_path)
-    return len(good)
+            raise UserError(f"--out: '{out_path}' holds answers for other input (answer {index + 1} does not match "
+                            f"--input line {index + 1}); {hint} or the matching --input")
+    own_files.cut_partial_tail(out_path, good_end)
+    return len(records)
 
 
 def _sampling(args) -> dict:
@@ -155,7 +147,7 @@ def run_batch(vlm, args) -> list[str]:
 
     absl_logging.set_verbosity(absl_logging.INFO)
     requests = read_requests(args.input)
-    done = read_done(args.out, requests)
+    done = read_done(args.out, requests)  # main checked it before loading the model
     if done == len(requests):
         return [f"all {done} prompts already answered in {args.out}"]
     sampling = SamplingParams(**_sampling(args))
@@ -203,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         from oq2vl_jax.inference import VLMInference
 
-        if args.input is not None:
-            read_requests(args.input)  # bad input fails before the model loads
+        if args.input is not None:  # bad input, or an --out that is not ours, fails before the model loads
+            read_done(args.out, read_requests(args.input))
         vlm = VLMInference.load(args.ckpt, step=args.step, tensor_parallel=args.tensor_parallel,
                                 chat_format=args.chat_format)
         lines = run_batch(vlm, args) if args.input is not None else run_single(vlm, args)

@@ -130,6 +130,7 @@ def train(config, workdir: str, stop) -> None:
         if stop is not None and stop.received:  # (several processes: every host gets the preemption SIGTERM)
             print(f"stopped by {stop.received.upper()} during start-up: nothing trained, nothing saved")
             return
+        loop.check_own_outputs(workdir)  # the user's files there are refused before the demo data is written
         paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
         sft_paths = demo_sft.prepare_sft_demo(config, workdir)  # None unless configs/demo_sft.py's data is used
         result = loop.run(config, workdir, stop=stop)  # stops before its first step if a signal came by then

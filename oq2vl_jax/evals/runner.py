@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from absl import logging
 
+from oq2vl_jax import own_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.evals.api import EvalModel, Item, Request
 from oq2vl_jax.evals.task import Task, item_rng
@@ -30,34 +31,14 @@ PREDICTIONS = "predictions.jsonl"
 
 
 def read_records(path: str, *, repair: bool = False) -> list[dict]:
-    """Complete records of a predictions file. A partial or unparsable last line (a killed writer) is ignored, and
-    with `repair` cut off so that appending continues on a clean line; damage before the last line is an error."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    records, good_end = [], 0
-    lines = data.split(b"\n")
-    for i, line in enumerate(lines):
-        last = i == len(lines) - 1
-        if not line.strip():
-            if not last:
-                good_end += len(line) + 1
-            continue
-        try:
-            if last:  # no newline after it: the writer died mid-line
-                raise ValueError("unterminated last line")
-            records.append(json.loads(line))
-            good_end += len(line) + 1
-        except ValueError:
-            if not last and i != len(lines) - 2:
-                raise UserError(f"{path}: line {i + 1} is damaged; move the file away to rerun those items")
-            break
-    if repair and good_end < len(data):
-        logging.warning("%s: dropping a partial last record (%d bytes) from an interrupted run", path,
-                        len(data) - good_end)
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
+    """Complete records of a predictions file of ours. A last line cut by a killed writer is ignored, and with
+    `repair` cut off so that appending continues on a clean line; any other line that is not one of our records
+    (damage, a file of the user's) refuses the run, the file untouched."""
+    records, good_end = own_files.read_own_jsonl(
+        path, is_record=lambda r: "id" in r, prefix='{"', what="a predictions file of this tool",
+        hint="move it away to rerun those items")
+    if repair and own_files.cut_partial_tail(path, good_end):
+        logging.warning("%s: dropped a partial last record from an interrupted run", path)
     return records
 
 

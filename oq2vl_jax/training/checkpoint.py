@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
+import re
 import sys
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -39,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax import checkpoint_io, own_files, tokens
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.training.state import TrainState, merge_params, split_params
 
@@ -59,9 +60,25 @@ def data_filename(process_index: int, process_count: int) -> str:
     return f"process_{process_index}-of-{process_count}.json"
 
 
+# what the trainer (and Orbax for it) creates in WORKDIR/checkpoints: steps, a step being written, the tokenizer,
+# damaged steps moved aside. Orbax deletes `*.orbax-checkpoint-tmp*` entries at start, so nothing else may be there.
+_OWN_ENTRY = re.compile(r"\d+|\d+\.orbax-checkpoint-tmp(-\d+)?|" + re.escape(checkpoint_io.TOKENIZER_DIR) + "|"
+                        + re.escape(CORRUPT_SUBDIR))
+
+
+def check_own_directory(directory: str) -> None:
+    """UserError naming an entry of the checkpoint directory that the trainer did not create (the user's files would
+    be deleted or mistaken for steps); nothing is changed."""
+    own_files.check_own_entries(
+        directory, lambda name: _OWN_ENTRY.fullmatch(name) is not None, what="the trainer",
+        hint=f"{directory} must hold only the run's checkpoints (steps, {checkpoint_io.TOKENIZER_DIR}/, "
+             f"{CORRUPT_SUBDIR}/): move it away or choose another --workdir")
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int | None = 3, async_save: bool = True):
         self.directory = os.path.abspath(directory)
+        check_own_directory(self.directory)
         every_process = ocp.options.MultiprocessingOptions(primary_host=None)
         registry = _array_registry()
         handlers = {

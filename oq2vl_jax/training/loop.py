@@ -34,7 +34,7 @@ from oq2vl_jax.models.presets import VLMConfig
 from oq2vl_jax.training import flops as flops_lib
 from oq2vl_jax.training import metrics as metrics_lib
 from oq2vl_jax.training import setup
-from oq2vl_jax.training.checkpoint import Checkpointer
+from oq2vl_jax.training.checkpoint import Checkpointer, check_own_directory
 from oq2vl_jax.training import workdir as workdir_lib
 from oq2vl_jax.training.host import DataFactory, Prefetcher, global_data_totals, pipeline_data_factory
 from oq2vl_jax.training.optimizer import lr_schedule
@@ -120,12 +120,21 @@ def restore_newest(config, checkpointer: Checkpointer, mesh) -> tuple[int | None
     return checkpointer.restore_newest_intact(restore)
 
 
+def check_own_outputs(workdir: str) -> None:
+    """UserError when the workdir's metrics.jsonl or checkpoints/ holds something the trainer did not write (the
+    user's files of those names): checked before anything is built or written there."""
+    metrics_lib.own_records(workdir)
+    check_own_directory(os.path.join(workdir, setup.CHECKPOINT_SUBDIR))
+
+
 def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
          compiler_options: Mapping[str, Any] | None, stop: StopSignal) -> RunResult:
     t, stage = config.train, config.train.stage
     primary = jax.process_index() == 0
     options = setup.model_options(config.model)
 
+    if primary:
+        check_own_outputs(workdir)
     checkpointer = Checkpointer(os.path.join(workdir, setup.CHECKPOINT_SUBDIR), keep=int(config.checkpoint.keep),
                                 async_save=bool(config.checkpoint.async_save))
     setup.resolve_tokenizer_dir(config, checkpointer.directory, bool(checkpointer.all_steps()))

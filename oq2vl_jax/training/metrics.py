@@ -18,6 +18,8 @@ from typing import Mapping
 
 from absl import logging
 
+from oq2vl_jax import own_files
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -47,13 +49,27 @@ def read_metrics(workdir: str) -> list[dict]:
     return records
 
 
+RECORD_PREFIX = '{"step": '  # every record we write begins so (its first key is the step)
+
+
+def own_records(workdir: str) -> tuple[list[dict], int]:
+    """The records of WORKDIR/metrics.jsonl and the byte length of its complete lines; UserError when the file is not
+    ours (a line that is not a record with a step: the user's own file of that name), before anything is changed."""
+    return own_files.read_own_jsonl(
+        os.path.join(workdir, METRICS_FILE), is_record=lambda r: isinstance(r.get("step"), int),
+        prefix=RECORD_PREFIX, what="the metrics file of a training run of this tool",
+        hint="move it out of the workdir or choose another --workdir")
+
+
 def truncate_metrics(workdir: str, last_step: int) -> None:
     """Keeps the records up to `last_step` (the step the run starts from: 0 when no checkpoint exists) and drops the
-    rest, and any partial line: those steps are run again, so each step appears once."""
+    rest, and a last line cut mid-write: those steps are run again, so each step appears once. Only a file of ours
+    (`own_records`) is rewritten, atomically."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return
-    records = [r for r in read_metrics(workdir) if r.get("step", 0) <= last_step]
+    records, _ = own_records(workdir)
+    records = [r for r in records if r["step"] <= last_step]
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(path + ".tmp", path)
