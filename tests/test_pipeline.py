@@ -168,6 +168,22 @@ def test_every_bad_input_kind_is_counted_not_fatal(tmp_path, tiny_tokenizer_dir,
     assert max(lengths) <= 128 and (overlong == "drop" or 128 in lengths)
 
 
+def json_caption_shards(root: str) -> str:
+    """img2dataset shards whose captions are only in the .json member (no .txt): every record is unusable."""
+    samples = [{"__key__": f"s{i}", "jpg": image_bytes(), "json": json.dumps({"caption": "a red circle"}).encode()}
+               for i in range(6)]
+    demo.write_tar_shard(os.path.join(root, "00000.tar"), samples)
+    return root
+
+
+@pytest.mark.parametrize("num_epochs", [1, -1])
+def test_data_without_a_usable_record_stops_with_the_skip_counts(tmp_path, tiny_tokenizer_dir, num_epochs):
+    # -1: the stream is endless and never fills a packing round (it hung); 1: it ends with a round of empty rows
+    cfg = base_config(tiny_tokenizer_dir, [wds(json_caption_shards(str(tmp_path)))], num_epochs=num_epochs)
+    with pytest.raises(UserError, match="no usable document in .*6 records; skipped: caption_missing 6"):
+        run(cfg, limit=3)
+
+
 def test_weighted_mixing(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
     a = write_numbered_shards(str(tmp_path / "a"), 40, shard_size=20)
     b = write_numbered_shards(str(tmp_path / "b"), 40, shard_size=20, start=1000)

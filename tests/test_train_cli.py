@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from data_fixtures import tiny_tokenizer_dir  # noqa: F401 (pytest fixture)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "demo.py")
 
@@ -117,3 +119,32 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path):
     assert "(sigint)" in out and f"checkpoint: {workdir}/checkpoints/{stopped_at}" in out
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(stopped_at)))
     assert not os.path.exists(os.path.join(workdir, "train.lock"))
+
+
+def own_data_config(tmp_path, sources: str, tokenizer_dir: str, **data) -> str:
+    """A config file as a user writes one: the demo model on their own data (no demo data, no demo evals)."""
+    path = tmp_path / "my_config.py"
+    path.write_text(f'''import runpy
+demo = runpy.run_path({os.path.join(REPO, "configs", "demo.py")!r})
+
+
+def get_config():
+    c = demo["get_config"]()
+    c.demo.enabled = False
+    c.evals = ()
+    c.data.update(sources={sources}, eval_sources=(), tokenizer_dir={tokenizer_dir!r}, **{data!r})
+    c.train.update(num_steps=3, eval_every=0)
+    return c
+''')
+    return str(path)
+
+
+def test_data_without_a_usable_record_stops_with_the_skip_counts_not_a_hang(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    from test_pipeline import json_caption_shards
+
+    shards = json_caption_shards(str(tmp_path))
+    config = own_data_config(tmp_path, repr(({"kind": "webdataset", "path": shards},)), tiny_tokenizer_dir)
+    proc = subprocess.run(train_cli(workdir=str(tmp_path / "run"), config=config), env=env(), capture_output=True,
+                          text=True, timeout=240, cwd=REPO)  # num_epochs=-1 (the default): it spun forever
+    assert_one_line_error(proc, "no usable document", "caption_missing 6")
+    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "1")

@@ -23,6 +23,10 @@ the uninterrupted one would have.
 
 Parent elements are {"documents": [PackedDocument, ...], "stats": {reason: count}}; the skip/repair counts of a
 round ride on its first emitted row, so they are emitted exactly once, also across a restore.
+
+Data with no usable record would otherwise never fill a round (an endless stream: a silent hang) or end in a round of
+empty rows (a finite one: steps trained on nothing). So the first round stops with one UserError line naming the skip
+counts once the stream ends, or `max_records_without_document` records went by, without a single document.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import grain
 import numpy as np
 
 from oq2vl_jax.data.tokenizer import DocumentLayout
+from oq2vl_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,10 +167,20 @@ def ffd_fill_pack(lengths: Sequence[int], num_images: Sequence[int], row_length:
     return rows
 
 
+def no_documents_error(records: int, stats: dict[str, int], ended: bool) -> UserError:
+    skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(stats.items(), key=lambda kv: -kv[1]) if n)
+    where = "the whole data stream" if ended else f"the first {records} records"
+    return UserError(f"no usable document in {where} ({records} records; skipped: {skipped or 'none counted'}): every "
+                     "record was skipped; check data.sources (the shards' members and the caption key, "
+                     "docs/data.md)")
+
+
 class FFDPackDatasetIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, *, row_length: int, max_images_per_row: int,
-                 buffer_size: int, seed: int, shuffle_rows: bool, algorithm: str = "ffd"):
+                 buffer_size: int, seed: int, shuffle_rows: bool, algorithm: str = "ffd",
+                 max_records_without_document: int | None = None):
         super().__init__(parent)
+        self._give_up_after = max_records_without_document
         self._pack = {"ffd": ffd_pack, "ffd_fill": ffd_fill_pack, "none": no_pack}[algorithm]
         self._row_length, self._max_images = row_length, max_images_per_row
         self._buffer_size, self._seed, self._shuffle_rows = buffer_size, seed, shuffle_rows
@@ -179,14 +194,21 @@ class FFDPackDatasetIterator(grain.DatasetIterator):
         self._round_start = self._parent.get_state()
         documents: list[PackedDocument] = []
         stats: dict[str, int] = {}
+        records, ended, first_round = 0, False, self._round == 0
         while len(documents) < self._buffer_size:
             try:
                 element = next(self._parent)
             except StopIteration:
+                ended = True
                 break
+            records += 1
             documents.extend(element["documents"])
             for key, value in element["stats"].items():
                 stats[key] = stats.get(key, 0) + value
+            if first_round and not documents and self._give_up_after and records >= self._give_up_after:
+                raise no_documents_error(records, stats, ended=False)
+        if first_round and not documents and records and self._give_up_after:
+            raise no_documents_error(records, stats, ended)
         if not documents and not any(stats.values()):
             return False
         groups = self._pack([d.length for d in documents], [d.num_images for d in documents], self._row_length,
@@ -237,14 +259,16 @@ class FFDPackIterDataset(grain.IterDataset):
     """Buffered first-fit-decreasing packing of {"documents", "stats"} elements into rows {"documents", "stats"}."""
 
     def __init__(self, parent: grain.IterDataset, *, row_length: int, max_images_per_row: int, buffer_size: int,
-                 seed: int = 0, shuffle_rows: bool = True, algorithm: str = "ffd"):
+                 seed: int = 0, shuffle_rows: bool = True, algorithm: str = "ffd",
+                 max_records_without_document: int | None = None):
         super().__init__(parent)
         if row_length <= 0 or max_images_per_row < 0 or buffer_size <= 0:
             raise ValueError("row_length and buffer_size must be positive, max_images_per_row >= 0")
         if algorithm not in PACKING_ALGORITHMS:
             raise ValueError(f"algorithm must be one of {PACKING_ALGORITHMS}, got {algorithm!r}")
         self._kwargs = dict(row_length=row_length, max_images_per_row=max_images_per_row, buffer_size=buffer_size,
-                            seed=seed, shuffle_rows=shuffle_rows, algorithm=algorithm)
+                            seed=seed, shuffle_rows=shuffle_rows, algorithm=algorithm,
+                            max_records_without_document=max_records_without_document)
 
     def __iter__(self) -> FFDPackDatasetIterator:
         return FFDPackDatasetIterator(self._parent.__iter__(), **self._kwargs)

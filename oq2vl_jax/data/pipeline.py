@@ -169,6 +169,15 @@ def _mixed_records(sources: list, weights: list[float], seed: int, shuffle: bool
     return mixed if num_epochs < 0 else mixed[: num_epochs * sum(len(s) for s in sources)]
 
 
+MAX_RECORDS_WITHOUT_DOCUMENT = 10_000  # then an endless stream that has yielded nothing usable is an error
+
+
+def _records_per_pass(sources: list, process_count: int) -> int:
+    """Records this process reads in one pass over the sources, capped: how long the first packing round may go
+    without a single usable document before the run stops (packing.py)."""
+    return max(1, min(MAX_RECORDS_WITHOUT_DOCUMENT, -(-sum(len(s) for s in sources) // process_count)))
+
+
 def auto_max_images(row_length: int, tokens_per_image: int) -> int:
     # the shortest caption document is <s> + image + "\n" + one token + <|im_end|>
     return max(1, row_length // (tokens_per_image + 3))
@@ -212,7 +221,8 @@ def build_dataset(data_cfg: Any, *, tokens_per_image: int, rows_per_batch: int, 
         grain.ReadOptions(num_threads=cfg["read_threads"], prefetch_buffer_size=max(16, 4 * cfg["read_threads"])))
     ds = FFDPackIterDataset(ds, row_length=cfg["row_length"], max_images_per_row=max_images,
                             buffer_size=cfg["pack_buffer"], seed=seed, shuffle_rows=cfg["shuffle_rows"] and train,
-                            algorithm=cfg["packing"])
+                            algorithm=cfg["packing"],
+                            max_records_without_document=_records_per_pass(sources, process_count))
     assembler = BatchAssembler(rows_per_batch=rows_per_batch, row_length=cfg["row_length"],
                                max_images_per_row=max_images, image_size=cfg["image_size"],
                                tokens_per_image=tokens_per_image, label_mode=cfg["label_mode"],
