@@ -14,6 +14,7 @@ mid-write is never listed as a step.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any
@@ -40,6 +41,45 @@ def manager(directory: str, *, max_to_keep: int | None = None, async_save: bool 
 
 def make_meta(config: VLMConfig, **extra: Any) -> dict:
     return {"format": FORMAT, "version": VERSION, "model_config": config.to_dict(), **extra}
+
+
+# The data contract of a trained step: what its training data looked like beyond the architecture (model_config has
+# the image size and tokens per image). A run that resumes with other values would feed the model data it was not
+# trained on (another vocabulary: the loss jumps to ~ln(vocab) and stays there), so the resume refuses them. One
+# record in the step's meta, "data_contract"; the prompt contract (chat format, label mode, image placement) belongs
+# here too.
+DATA_CONTRACT = "data_contract"
+
+
+def data_contract(data_config, tokenizer_fingerprint: str | None) -> dict:
+    """The record for a step trained on data_config's data with that tokenizer (tokens.fingerprint)."""
+    return {"tokenizer": tokenizer_fingerprint, "chat_format": str(data_config.chat_format),
+            "label_mode": str(data_config.label_mode)}
+
+
+def saved_data_contract(meta: dict) -> dict:
+    """A step's record; for steps saved before it was recorded, what their saved training config says."""
+    if DATA_CONTRACT in meta:
+        return dict(meta[DATA_CONTRACT])
+    try:
+        data = json.loads(meta.get("train_config") or "{}").get("data", {})
+    except (TypeError, ValueError, AttributeError):
+        data = {}
+    return {"tokenizer": None, **{k: data[k] for k in ("chat_format", "label_mode") if k in data}}
+
+
+def check_data_contract(saved: dict, given: dict, where: str) -> None:
+    """UserError naming the first setting that differs from what the step in `where` was trained with."""
+    for key, value in saved.items():
+        if value is None or given.get(key) is None or given[key] == value:
+            continue
+        if key == "tokenizer":
+            raise UserError(f"data.tokenizer_dir holds another vocabulary than the tokenizer the run in {where} was "
+                            "trained with; resume with --config.data.tokenizer_dir='' (the copy the checkpoint "
+                            "carries), or start a new --workdir with init.source=checkpoint to change it")
+        raise UserError(f"data.{key}={given[key]!r} but the run in {where} was trained with {value!r}; resume with "
+                        f"--config.data.{key}={value}, or start a new --workdir with init.source=checkpoint to "
+                        "change it")
 
 
 def copy_tokenizer(src_dir: str, ckpt_dir: str) -> str:

@@ -74,6 +74,16 @@ def add_reference_tokens(tok) -> None:
         tok.pad_token = PAD_TOKEN
 
 
+def fingerprint(tokenizer_dir: str, *, what: str = "data.tokenizer_dir") -> str:
+    """sha256 of the vocabulary the data is encoded with (`load_tokenizer`'s: token -> id, the reference's added
+    tokens included): equal for a tokenizer and the copy a checkpoint carries, different for another vocabulary."""
+    import hashlib
+    import json
+
+    vocab = sorted(load_tokenizer(tokenizer_dir, what=what).get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
 def load_tokenizer(tokenizer_dir: str, model_max_length: int = MODEL_MAX_LENGTH, *, what: str = "data.tokenizer_dir"):
     """The tokenizer the data pipeline encodes with: loaded offline, Qwen2 special tokens checked, the reference's
     tokens added. Raises UserError naming `what`."""

@@ -53,3 +53,23 @@ def test_loading_params_and_items_logs_no_orbax_warnings(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
     assert extra["head"].tolist() == [0, 1, 2]
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(restored)))
+
+
+def test_data_contract_refuses_a_change_and_reads_steps_saved_before_it():
+    import json
+
+    import ml_collections
+    data = ml_collections.ConfigDict({"chat_format": "open_qwen2vl", "label_mode": "default"})
+    saved = C.data_contract(data, "abc")
+    C.check_data_contract(saved, C.data_contract(data, "abc"), "W/checkpoints/5")
+    C.check_data_contract(saved, C.data_contract(data, None), "W/checkpoints/5")  # no tokenizer given: nothing to check
+    for field, value in (("label_mode", "reference_compat"), ("chat_format", "qwen2")):
+        other = ml_collections.ConfigDict({**data.to_dict(), field: value})
+        with pytest.raises(UserError, match=f"data.{field}='{value}' but the run in W/checkpoints/5"):
+            C.check_data_contract(saved, C.data_contract(other, "abc"), "W/checkpoints/5")
+    with pytest.raises(UserError, match="another vocabulary"):
+        C.check_data_contract(saved, C.data_contract(data, "xyz"), "W/checkpoints/5")
+    # a step saved before the record: its training config says the chat format and label mode
+    old = {"train_config": json.dumps({"data": {"chat_format": "qwen2", "label_mode": "default"}})}
+    assert C.saved_data_contract(old) == {"tokenizer": None, "chat_format": "qwen2", "label_mode": "default"}
+    assert C.saved_data_contract({C.DATA_CONTRACT: saved}) == saved

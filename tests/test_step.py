@@ -80,11 +80,12 @@ def host_params():
     return random_host_params()
 
 
-def build(host_params, mesh_shape, devices, *, stage="pretrain", micro_batches=1, options=None, total=10):
+def build(host_params, mesh_shape, devices, *, stage="pretrain", micro_batches=1, options=None, total=10,
+          optim=OPTIM):
     mesh = parallel.build_mesh(dict(zip(parallel.MESH_AXES, mesh_shape)), devices)
     parts = state_lib.ModelParts(TINY, options or tiny_options())
     trainable, _ = state_lib.split_params(parts.abstract_params, stage)
-    tx = optim_lib.make_optimizer(OPTIM, total, parts.decay_mask(trainable))
+    tx = optim_lib.make_optimizer(optim, total, parts.decay_mask(trainable))
     state = state_lib.init_state(host_params, parts, stage, "bfloat16", tx, mesh, FAST_COMPILE)
     _, shardings = state_lib.abstract_state(parts, stage, "bfloat16", tx, mesh)
     step = make_train_step(parts, tx, mesh, micro_batches=micro_batches, state_shardings=shardings,
@@ -99,6 +100,16 @@ def run_steps(mesh, state, step, batches, rows):
         state, metrics = step(state, parallel.host_to_global(batch, mesh, rows))
         losses.append(float(metrics["loss"]))
     return state, losses
+
+
+def test_a_non_finite_update_from_finite_gradients_is_skipped(host_params):
+    # a NaN learning rate: loss and gradient norm are finite, the update is not; the guard looks at the update too
+    mesh, state, step = build(host_params, (1, 1, 1), jax.devices()[:1], optim={**OPTIM, "lr": float("nan")})
+    trainable = jax.device_get(state.trainable)
+    state, metrics = step(state, parallel.host_to_global(synthetic_batch(16, seed=0), mesh, 16))
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert int(metrics["skipped_nonfinite"]) == 1
+    jax.tree.map(np.testing.assert_array_equal, trainable, jax.device_get(state.trainable))
 
 
 def test_same_loss_curve_on_one_device_and_every_mesh(host_params):

@@ -52,7 +52,13 @@ def _readonly_dir(tmp_path) -> str:
     (["--config.train.log_every=0"], ["train.log_every must be >= 1", "--config.train.log_every"]),
     (["--config.checkpoint.every_steps=0"], ["checkpoint.every_steps must be >= 1"]),
     (["--config.checkpoint.keep=0"], ["checkpoint.keep must be >= 1"]),
-    (["--config.optim.lr=-0.001"], ["optim.lr must be >= 0"]),
+    (["--config.optim.lr=-0.001"], ["optim.lr must be a finite number >= 0"]),
+    (["--config.optim.lr=nan"], ["optim.lr must be a finite number >= 0", "nan"]),
+    (["--config.data.sources=/data/shards"], ["data.sources[0] is the string", "\"path\": \"/data/shards\""]),
+    (["--config.train.eval_every=1", "--config.demo.enabled=False", "--config.evals=()"], ["nothing to evaluate"]),
+    (['--config.data.sources=({"kind": "webdataset", "path": "/data", "wieght": 2},)'],
+     ["data.sources[0]: unknown key 'wieght'", 'did you mean "weight"']),
+    (["--config.evals=(\"nosuch\",)"], ["nosuch"]),
     (["WORKDIR_IS_A_FILE"], ["is a file, not a directory"]),
     (["WORKDIR_READ_ONLY"], ["cannot be written"]),
 ])
@@ -148,3 +154,36 @@ def test_data_without_a_usable_record_stops_with_the_skip_counts_not_a_hang(tmp_
                           text=True, timeout=240, cwd=REPO)  # num_epochs=-1 (the default): it spun forever
     assert_one_line_error(proc, "no usable document", "caption_missing 6")
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "1")
+
+
+def other_vocabulary(tokenizer_dir: str, out: str) -> str:
+    """The same tokenizer files with two token ids swapped: a different vocabulary that loads just as well."""
+    import shutil
+    shutil.copytree(tokenizer_dir, out)
+    path = os.path.join(out, "tokenizer.json")
+    spec = json.load(open(path))
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    json.dump(spec, open(path, "w"))
+    return out
+
+
+def test_a_resume_with_other_data_settings_is_refused(tmp_path, tiny_tokenizer_dir):  # noqa: F811
+    from data_fixtures import write_numbered_shards
+
+    shards = write_numbered_shards(str(tmp_path / "shards"), 64)
+    config = own_data_config(tmp_path, repr(({"kind": "webdataset", "path": shards},)), tiny_tokenizer_dir)
+    workdir = str(tmp_path / "run")
+    first = subprocess.run(train_cli("--config.train.num_steps=1", workdir=workdir, config=config), env=env(),
+                           capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = os.path.join(workdir, "checkpoints", "1")
+    for args, expected in (
+            ([f"--config.data.tokenizer_dir={other_vocabulary(tiny_tokenizer_dir, str(tmp_path / 'other_tok'))}"],
+             ["another vocabulary", checkpoint]),  # it trained on at loss ~ln(vocab): the data's ids meant others
+            (["--config.data.chat_format=qwen2"], ["data.chat_format='qwen2'", "'open_qwen2vl'", checkpoint])):
+        proc = subprocess.run(train_cli("--config.train.num_steps=2", *args, workdir=workdir, config=config),
+                              env=env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert_one_line_error(proc, *expected)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "tokenizer"]

@@ -41,3 +41,55 @@ def default_data_config() -> ml_collections.ConfigDict:
         "chat_format": "open_qwen2vl",  # SFT (llava/mammoth sources): "open_qwen2vl" | "qwen2" | "qwen2.5" (data/chat.py)
         "missing_image": "text_only",   # SFT sample with an unusable image: "text_only" (keep the text) | "skip"
     })
+
+
+# the keys a source entry may have, by kind (every kind: kind, path, weight, name); what open_source reads
+COMMON_SOURCE_KEYS = ("kind", "path", "weight", "name")
+SOURCE_KEYS = {
+    "webdataset": ("index_dir", "select"),
+    "packed_json": (),
+    "tfds": ("tfds_name", "split", "data_dir", "image_key", "text_key"),
+    "parquet": ("image_column", "text_column", "text_json_path"),
+    "llava": ("image_root", "index_dir"),
+    "mammoth": ("image_root", "index_dir"),
+}
+
+
+def check_source_specs(specs, field: str) -> list[dict]:
+    """The entries of data.sources / data.eval_sources as plain dicts (weight defaulted), checked: a list of entries
+    whose kind is known and whose keys are those of that kind (a misspelt key is refused, not ignored)."""
+    import difflib
+
+    from oq2vl_jax.errors import UserError
+
+    def example(path: str) -> str:
+        return f"e.g. --config.{field}='({{\"kind\": \"webdataset\", \"path\": \"{path}\"}},)'"
+
+    if isinstance(specs, str):  # (the flag parser makes `--config.data.sources=PATH` the tuple (PATH,))
+        specs = (specs,)
+    if not isinstance(specs, (list, tuple)):
+        raise UserError(f"{field} must be a list of {{kind, path, weight}} entries, got {specs!r}")
+    out = []
+    for i, spec in enumerate(specs):
+        where = f"{field}[{i}]"
+        if isinstance(spec, ml_collections.ConfigDict):
+            spec = spec.to_dict()
+        if isinstance(spec, str):
+            raise UserError(f"{where} is the string {spec!r}, not a {{kind, path, weight}} entry; {example(spec)}")
+        if not isinstance(spec, dict):
+            raise UserError(f"{where} must be a {{kind, path, weight}} entry, got {spec!r}")
+        spec = dict(spec)
+        kind = spec.get("kind")
+        if kind not in SOURCE_KEYS:
+            raise UserError(f"{where}.kind must be one of {tuple(SOURCE_KEYS)}, got {kind!r}")
+        known = COMMON_SOURCE_KEYS + SOURCE_KEYS[kind]
+        for key in spec:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                raise UserError(f"{where}: unknown key {key!r} for a {kind} source"
+                                + (f'; did you mean "{close[0]}"?' if close else "") + f" (known: {', '.join(known)})")
+        weight = spec.setdefault("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise UserError(f"{where}.weight must be a positive number, got {weight!r}")
+        out.append(spec)
+    return out

@@ -28,7 +28,7 @@ import numpy as np
 from oq2vl_jax.data import images as images_lib
 from oq2vl_jax.data.batching import LABEL_MODES, BatchAssembler
 from oq2vl_jax.data.chat import CHAT_FORMATS
-from oq2vl_jax.data.config import default_data_config  # noqa: F401  (re-exported)
+from oq2vl_jax.data.config import check_source_specs, default_data_config  # noqa: F401  (re-exported)
 from oq2vl_jax.data.conversations import MISSING_IMAGE_POLICIES, ConversationFormatter
 from oq2vl_jax.data.images import BadImage, probe_image
 from oq2vl_jax.data.packing import PACKING_ALGORITHMS, FFDPackIterDataset, PackedDocument
@@ -70,14 +70,7 @@ def resolve_config(data_cfg: Any) -> dict:
     if not isinstance(cfg["num_epochs"], int) or not (cfg["num_epochs"] == -1 or cfg["num_epochs"] >= 1):
         raise UserError(f"data.num_epochs must be -1 (forever) or >= 1, got {cfg['num_epochs']!r}")
     for name in ("sources", "eval_sources"):
-        specs = cfg[name]
-        if not isinstance(specs, (list, tuple)):
-            raise UserError(f"data.{name} must be a list of {{kind, path, weight}} entries")
-        cfg[name] = [dict(s) for s in specs]
-        for i, spec in enumerate(cfg[name]):
-            weight = spec.setdefault("weight", 1.0)
-            if not isinstance(weight, (int, float)) or weight <= 0:
-                raise UserError(f"data.{name}[{i}].weight must be a positive number, got {weight!r}")
+        cfg[name] = check_source_specs(cfg[name], f"data.{name}")
     return cfg
 
 

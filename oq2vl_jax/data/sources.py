@@ -30,13 +30,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from oq2vl_jax.data import shard_paths
+from oq2vl_jax.data.config import SOURCE_KEYS
 from oq2vl_jax.data.conversations import LlavaSource, MammothSource
 from oq2vl_jax.data.parquet_source import ParquetSource
 from oq2vl_jax.data.selection import SelectedSource
 from oq2vl_jax.data.webdataset import WebDatasetSource, build_index
 from oq2vl_jax.errors import UserError
 
-SOURCE_KINDS = ("webdataset", "packed_json", "tfds", "parquet", "llava", "mammoth")
+SOURCE_KINDS = tuple(SOURCE_KEYS)  # data/config.py: the keys of each kind
 CAPTION_KINDS = ("webdataset", "packed_json", "tfds", "parquet")
 CONVERSATION_KINDS = ("llava", "mammoth")
 

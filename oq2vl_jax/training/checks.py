@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from oq2vl_jax.errors import UserError
 
 INIT_SOURCES = ("pretrained", "checkpoint", "random")
@@ -23,9 +25,22 @@ def check_fields(config) -> None:
         raise UserError(f"train.global_batch_rows={t.global_batch_rows} must be a multiple of "
                         f"train.micro_batches={t.micro_batches}")
     for name in ("lr", "weight_decay", "clip_norm"):
-        if float(o[name]) < 0:
-            raise UserError(f"optim.{name} must be >= 0, got {o[name]}; set --config.optim.{name}")
+        if not math.isfinite(float(o[name])) or float(o[name]) < 0:  # nan passes `< 0`
+            raise UserError(f"optim.{name} must be a finite number >= 0, got {o[name]}; set --config.optim.{name}")
     if not 0.0 <= float(o.warmup_ratio) < 1.0:
         raise UserError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+    if t.eval_every and not config.data.eval_sources and not config.get("evals") and not _demo_data(config):
+        raise UserError(f"train.eval_every={t.eval_every} but there is nothing to evaluate: set data.eval_sources "
+                        "(held-out data for the eval loss) or config.evals, or --config.train.eval_every=0")
+    from oq2vl_jax.data.config import check_source_specs  # light: the schema only
+    for name in ("sources", "eval_sources"):
+        check_source_specs(config.data[name], f"data.{name}")
     if config.init.source not in INIT_SOURCES:
         raise UserError(f"init.source must be one of {INIT_SOURCES}, got '{config.init.source}'")
+
+
+def _demo_data(config) -> bool:
+    """The demo configs fill data.* in later with their synthetic data, when no data.sources are given
+    (data/demo_setup.py, data/demo_sft.py)."""
+    demo = "demo" in config and config.demo.get("enabled", True)
+    return not config.data.sources and bool(demo or "demo_sft" in config)

@@ -112,6 +112,7 @@ def restore_newest(config, checkpointer: Checkpointer, mesh) -> tuple[int | None
     def restore(step: int):
         _, meta = checkpoint_io.load_meta(checkpointer.directory, step)
         vlm = setup.resumed_model_config(config, meta, f"{checkpointer.directory}/{step}")
+        setup.check_resumed_data(config, meta, f"{checkpointer.directory}/{step}", checkpointer.directory)
         parts = ModelParts(vlm, options)
         tx, abstract, shardings = setup.optimizer_and_state(config, parts, mesh)
         state, data_state, _ = checkpointer.restore(abstract, stage, step,
@@ -172,7 +173,9 @@ def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
     eval_step = (make_eval_step(parts, mesh, shardings, compiler_options=compiler_options)
                  if t.eval_every and config.data.eval_sources else None)
 
-    meta = checkpoint_io.make_meta(vlm_config, stage=stage, train_config=config.to_json_best_effort())
+    meta = checkpoint_io.make_meta(vlm_config, stage=stage, train_config=config.to_json_best_effort(),
+                                   **{checkpoint_io.DATA_CONTRACT: checkpoint_io.data_contract(
+                                       config.data, setup.run_tokenizer_fingerprint(config, checkpointer.directory))})
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=bool(config.log.tensorboard))
     from oq2vl_jax.evals.evaluators import TrainingEvaluators  # config.evals: benchmark / demo evaluators
     evaluators = TrainingEvaluators.from_config(

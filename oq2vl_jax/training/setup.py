@@ -12,7 +12,7 @@ from typing import Mapping
 import jax
 from absl import logging
 
-from oq2vl_jax import checkpoint_io, parallel
+from oq2vl_jax import checkpoint_io, parallel, tokens
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.training import checks
@@ -75,11 +75,14 @@ def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool 
     if bool(config.model.reference_compat) != (config.data.label_mode == "reference_compat"):
         logging.warning("model.reference_compat=%s but data.label_mode=%s: reproducing the reference needs both",
                         config.model.reference_compat, config.data.label_mode)
+    from oq2vl_jax.evals.evaluators import parse_specs  # an unknown evals name fails before the workdir is written
+    parse_specs(tuple(config.get("evals", ()) or ()))
     if check_paths:
         validate_paths(config, check_data)
 
 
 def validate_paths(config, check_data: bool = True) -> None:
+    from oq2vl_jax.data.config import check_source_specs
     from oq2vl_jax.data.sources import source_path_exists
     if check_data and not config.data.sources:
         raise UserError("data.sources is empty; set e.g. --config.data.sources='({\"kind\": \"webdataset\", "
@@ -91,7 +94,7 @@ def validate_paths(config, check_data: bool = True) -> None:
         if not value or not os.path.exists(value):
             raise UserError(f"init.{name}: {value!r} does not exist; set --config.init.{name}=PATH "
                             f"(init.source='{source}')")
-    for i, spec in enumerate(config.data.sources if check_data else ()):
+    for i, spec in enumerate(check_source_specs(config.data.sources, "data.sources") if check_data else ()):
         path = spec.get("path", "")
         if path and not source_path_exists(spec):  # a webdataset path may be a glob, a brace range or a list
             raise UserError(f"data.sources[{i}].path: {path!r} does not exist")
@@ -147,6 +150,25 @@ def resumed_model_config(config, meta: dict, where: str) -> VLMConfig:
                         "or start a new --workdir with init.source=checkpoint to change it")
     check_image_size(vlm, config, where)
     return vlm
+
+
+def run_tokenizer_fingerprint(config, checkpoint_dir: str) -> str | None:
+    """tokens.fingerprint of the run's tokenizer: the copy in the checkpoint directory, else data.tokenizer_dir."""
+    path = checkpoint_io.tokenizer_path(checkpoint_dir) or config.data.tokenizer_dir
+    return tokens.fingerprint(path) if path else None
+
+
+def check_resumed_data(config, meta: dict, where: str, checkpoint_dir: str) -> None:
+    """The data the resumed run is given is the data the step in `where` was trained on: same tokenizer vocabulary,
+    chat format and label mode (image size and tokens per image: resumed_model_config). UserError otherwise."""
+    saved = checkpoint_io.saved_data_contract(meta)
+    given_dir, copy = config.data.tokenizer_dir, checkpoint_io.tokenizer_path(checkpoint_dir)
+    given_tokenizer = None
+    if given_dir and not (copy and os.path.abspath(given_dir) == os.path.abspath(copy)):
+        given_tokenizer = tokens.fingerprint(given_dir)
+        if saved.get("tokenizer") is None and copy:  # a step saved before the record: its tokenizer's copy
+            saved["tokenizer"] = tokens.fingerprint(copy, what=f"the tokenizer of {checkpoint_dir}")
+    checkpoint_io.check_data_contract(saved, checkpoint_io.data_contract(config.data, given_tokenizer), where)
 
 
 def with_tokens_per_image(vlm: VLMConfig, tokens_per_image: int, where: str) -> VLMConfig:

@@ -105,12 +105,13 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, mesh: M
         with layers.activation_sharding(act):
             grads, loss, weight = accumulate(state.trainable, state.frozen, batch)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         lr = lr_fn(update_count(state.opt_state))
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.trainable)
+        # the update itself too: a non-finite learning rate or optimizer statistic turns finite gradients into NaN
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
 
         def apply(_):
-            updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-            return optax.apply_updates(state.trainable, updates), opt_state
+            return optax.apply_updates(state.trainable, updates), new_opt_state
 
         trainable, opt_state = jax.lax.cond(finite, apply, lambda _: (state.trainable, state.opt_state), None)
         skipped = (~finite).astype(jnp.int32)
