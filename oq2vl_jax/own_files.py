@@ -71,3 +71,12 @@ def check_own_entries(directory: str, is_ours: Callable[[str], bool], *, what: s
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise UserError(f"{os.path.join(directory, foreign[0])}{more} was not written by {what}; {hint}")
+
+
+def check_new_directory(path: str, flag: str) -> None:
+    """An output directory a command creates and fills: it must not exist, or be an empty directory (checked before
+    any work, so a mistake costs nothing and nothing of the user's is mixed with or replaced by our files)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} '{path}' is a file; give a new directory")
+    if os.path.isdir(path) and os.listdir(path):
+        raise UserError(f"{flag} '{path}' exists and is not empty; choose a new directory")

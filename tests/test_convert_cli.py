@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -114,3 +115,23 @@ def test_help_has_every_subcommand_and_examples():
     for option in ("--ckpt", "--to", "--dtype", "--step", "--with-vision", "--mount-path", "examples:",
                    "python -m oq2vl_jax.convert export --ckpt"):
         assert option in exp, option
+
+
+def test_a_cut_weight_file_and_an_out_that_is_a_file_are_one_line_before_any_work(tmp_path, hf_llm, hf_vision):
+    from entry_points import one_error_line, run_many
+
+    cut = tmp_path / "cut_llm"
+    shutil.copytree(hf_llm[0], cut)
+    shard = sorted(p for p in os.listdir(cut) if p.endswith(".safetensors"))[-1]
+    data = (cut / shard).read_bytes()
+    (cut / shard).write_bytes(data[: len(data) // 2])  # a download cut short: the header is intact
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine\n")
+    results = run_many([
+        ("oq2vl_jax.convert", ["import", "--llm", str(cut), "--vision", hf_vision[0], "--out", str(tmp_path / "a")]),
+        ("oq2vl_jax.convert", ["import", "--llm", hf_llm[0], "--vision", hf_vision[0], "--out", str(existing)]),
+        ("oq2vl_jax.convert", ["export", "--ckpt", str(tmp_path), "--to", "hf-qwen2", "--out", str(existing)])])
+    one_error_line(results[0]["rc"], results[0]["stderr"], str(cut / shard), "cut short")
+    for result in results[1:]:
+        one_error_line(result["rc"], result["stderr"], str(existing), "is a file")
+    assert existing.read_text() == "mine\n" and not (tmp_path / "a").exists()

@@ -17,6 +17,7 @@ import logging
 import shutil
 import sys
 
+from oq2vl_jax import own_files
 from oq2vl_jax.errors import EXIT_USER_ERROR, UserError, report_user_error  # noqa: F401 (EXIT_USER_ERROR: tests)
 
 
@@ -112,6 +113,7 @@ def run_import(args) -> list[str]:
     from oq2vl_jax.convert.write_checkpoint import save_imported
     from oq2vl_jax.pretrained import importer
 
+    own_files.check_new_directory(args.out, "--out")  # before minutes of reading
     if args.source is None:
         if not args.llm or not args.vision:
             raise UserError("import needs --llm DIR and --vision SRC (or --from prismatic|hf-llava DIR)")

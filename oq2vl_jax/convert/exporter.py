@@ -9,7 +9,7 @@ import shutil
 import ml_dtypes
 import numpy as np
 
-from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax import checkpoint_io, own_files, tokens
 from oq2vl_jax.convert import llava, prismatic
 from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
@@ -52,15 +52,8 @@ def vision_extra_from(src: str, config: VLMConfig) -> dict:
     return extra
 
 
-def _check_out(out_dir: str) -> None:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--out '{out_dir}' is a file; give a new directory to write the export into")
-
-
 def _prepare_out(out_dir: str) -> None:
-    _check_out(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise UserError(f"output '{out_dir}' exists and is not empty; choose a new directory")
+    own_files.check_new_directory(out_dir, "--out")
     os.makedirs(out_dir, exist_ok=True)
 
 
@@ -90,7 +83,7 @@ def export(ckpt_dir: str, to: str, out_dir: str, *, dtype: str = "fp32", step: i
         raise UserError(f"unknown export format '{to}'; choose one of {list(FORMATS)}")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; choose one of {list(DTYPES)}")
-    _check_out(out_dir)  # before minutes of reading
+    own_files.check_new_directory(out_dir, "--out")  # before minutes of reading
     try:
         config, params, extra, meta, step = load_checkpoint(ckpt_dir, step)
     except checkpoint_io.DamagedCheckpoint as e:

@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax import checkpoint_io, own_files, tokens
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.pretrained.importer import Imported
 
@@ -16,8 +16,7 @@ from oq2vl_jax.pretrained.importer import Imported
 def save_imported(imported: Imported, out_dir: str, tokenizer_dir: str | None) -> list[str]:
     """Writes the checkpoint (step 0, params + meta + vision_extra, tokenizer with the reference's tokens);
     returns summary lines."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise UserError(f"output '{out_dir}' exists and is not empty; choose a new directory")
+    own_files.check_new_directory(out_dir, "--out")
     lines = list(imported.description)
     meta = {"source": imported.description}
     if imported.llm_hf_config is not None:

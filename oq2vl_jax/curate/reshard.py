@@ -13,6 +13,7 @@ import time
 
 from absl import logging
 
+from oq2vl_jax import own_files
 from oq2vl_jax.curate import shards as shards_lib
 from oq2vl_jax.data import demo
 from oq2vl_jax.data.selection import check_fresh, read_selection
@@ -26,8 +27,7 @@ def reshard(selection_path: str, out_dir: str, shard_size: int = SHARD_SIZE) -> 
     meta, shard_ids, offsets = read_selection(selection_path)
     root = meta["root"]
     check_fresh(meta, root, selection_path)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise UserError(f"output '{out_dir}' exists and is not empty; choose a new directory")
+    own_files.check_new_directory(out_dir, "output")
     os.makedirs(out_dir, exist_ok=True)
     wanted = collections.defaultdict(collections.Counter)
     for s, o in zip(shard_ids.tolist(), offsets.tolist()):

@@ -87,12 +87,18 @@ def safetensors_header(path: str) -> tuple[dict, int]:
 
 def _safetensors_readers(path: str) -> dict[str, Callable[[], np.ndarray]]:
     header, start = safetensors_header(path)
+    size = os.path.getsize(path)
     readers = {}
     for name, info in header.items():
         if info["dtype"] not in _ST_DTYPES:
             raise UserError(f"tensor '{name}' in '{path}' has unsupported dtype {info['dtype']}")
         dtype, shape = np.dtype(_ST_DTYPES[info["dtype"]]), tuple(info["shape"])
         begin, end = info["data_offsets"]
+        if start + end > size:  # checked at open: a cut file fails before anything is read
+            raise UserError(f"'{path}' is cut short: its header places tensor '{name}' up to byte {start + end}, "
+                            f"the file has {size} bytes; copy or download it again")
+        if end - begin != int(np.prod(shape)) * dtype.itemsize:
+            raise UserError(f"'{path}' is damaged: tensor '{name}' of shape {list(shape)} has {end - begin} bytes")
 
         def read(dtype=dtype, shape=shape, offset=start + begin, count=(end - begin) // dtype.itemsize):
             with open(path, "rb") as f:

@@ -10,7 +10,8 @@ from oq2vl_jax.errors import UserError
 INIT_SOURCES = ("pretrained", "checkpoint", "random")
 
 
-def check_fields(config) -> None:
+def check_fields(config, *, check_data: bool = True) -> None:
+    """check_data=False: the data comes from elsewhere (loop.run's data_factory); data.*sources are not read."""
     t, o = config.train, config.optim
     for name, value, low in (("train.num_steps", t.num_steps, 1), ("train.log_every", t.log_every, 1),
                              ("train.eval_every", t.eval_every, 0), ("train.eval_batches", t.eval_batches, 0),
@@ -33,7 +34,7 @@ def check_fields(config) -> None:
         raise UserError(f"train.eval_every={t.eval_every} but there is nothing to evaluate: set data.eval_sources "
                         "(held-out data for the eval loss) or config.evals, or --config.train.eval_every=0")
     from oq2vl_jax.data.config import check_source_specs  # light: the schema only
-    for name in ("sources", "eval_sources"):
+    for name in ("sources", "eval_sources") if check_data else ():
         check_source_specs(config.data[name], f"data.{name}")
     if config.init.source not in INIT_SOURCES:
         raise UserError(f"init.source must be one of {INIT_SOURCES}, got '{config.init.source}'")

@@ -61,7 +61,7 @@ def optimizer_and_state(config, parts: ModelParts, mesh) -> tuple:
 def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool = True) -> None:
     """Checks that can fail before anything heavy happens; each message names the field to set."""
     check_stage(config.train.stage)
-    checks.check_fields(config)
+    checks.check_fields(config, check_data=check_data)
     t = config.train
     shards = parallel.batch_shards(mesh)
     micro_rows = t.global_batch_rows // t.micro_batches
