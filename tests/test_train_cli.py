@@ -187,3 +187,12 @@ def test_a_resume_with_other_data_settings_is_refused(tmp_path, tiny_tokenizer_d
                               env=env(), capture_output=True, text=True, timeout=300, cwd=REPO)
         assert_one_line_error(proc, *expected)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "tokenizer"]
+
+
+def test_init_from_a_directory_without_a_checkpoint_is_one_line_and_no_orbax_thread_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(train_cli("--config.init.source=checkpoint", f"--config.init.init_from={tmp_path / 'empty'}",
+                                    "--config.demo.num_train=64", "--config.demo.num_eval=16",
+                                    workdir=str(tmp_path / "run")), env=env(), capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert_one_line_error(proc, str(tmp_path / "empty"), "no finished oq2vl_jax checkpoint")

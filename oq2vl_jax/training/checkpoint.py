@@ -94,6 +94,11 @@ class Checkpointer:
                                                cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, item_handlers=handlers,
                                              options=options)
+        # Orbax removes unfinished saves in a background thread: wait for it, so that a run stopping right away (a
+        # bad init_from) does not leave it running into interpreter shutdown (a traceback after the error line)
+        cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
