@@ -15,8 +15,10 @@ mid-write is never listed as a step.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -153,7 +155,34 @@ def _reading(ckpt_dir: str, step: int, read):
     except UserError:
         raise
     except Exception as e:
+        quiet_aborted_restore()
         raise _damaged(ckpt_dir, step, e) from e
+
+
+class _NoOrphanedTaskErrors(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+
+def quiet_aborted_restore() -> None:
+    """After a restore that failed mid-read, TensorStore still completes the read futures Orbax had started and tries
+    to hand them to Orbax's asyncio loop, which is closed by then: each prints an "Event loop is closed" traceback
+    through sys.unraisablehook, and asyncio logs the orphaned read tasks' errors with their tracebacks (dozens of
+    them, after the one-line warning that already named the damaged step). Those, and only those, are dropped; every
+    other unraisable exception reaches the previous hook and every other asyncio record is logged."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_oq2vl_quiet", False):
+        return
+    std_logging.getLogger("asyncio").addFilter(_NoOrphanedTaskErrors())
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._oq2vl_quiet = True
+    sys.unraisablehook = hook
 
 
 def load_meta(ckpt_dir: str, step: int | None = None) -> tuple[int, dict]:

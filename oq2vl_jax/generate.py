@@ -65,12 +65,24 @@ def _check_args(args) -> None:
     for path in args.image:
         if not os.path.isfile(path):
             raise UserError(f"--image: '{path}' is not a file")
+        check_image(path, "--image")
     if not os.path.exists(args.ckpt):
         raise UserError(f"--ckpt: '{args.ckpt}' does not exist")
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise UserError("--max-new-tokens and --batch-size must be >= 1")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise UserError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+
+
+def check_image(path: str, where: str) -> None:
+    """The image header reads (format, size): an unreadable image fails before the model loads."""
+    from oq2vl_jax.data import images as image_lib
+
+    try:
+        with open(path, "rb") as f:
+            image_lib.probe_image(f.read())
+    except (OSError, image_lib.BadImage) as e:
+        raise UserError(f"{where}: cannot read the image '{path}' ({e})") from e
 
 
 def read_requests(path: str) -> list[tuple[dict, str]]:
@@ -101,6 +113,7 @@ def read_requests(path: str) -> list[tuple[dict, str]]:
                     for p in resolved:
                         if not os.path.isfile(p):
                             raise UserError(f"{path}:{number}: image '{p}' is not a file")
+                        check_image(p, f"{path}:{number}")
                     request[key] = resolved if key == "images" else resolved[0]
             out.append((request, hashlib.sha1(line.strip().encode()).hexdigest()))
     if not out:

@@ -58,6 +58,9 @@ def _flag_value(argv: list[str], name: str) -> str | None:
 def _flag_error(e: Exception, argv: list[str]) -> str:
     """One line for a flag / config mistake that ml_collections reports as a traceback."""
     text = " ".join(str(e).replace("\\n", " ").split())
+    if isinstance(e, AttributeError) and "has no attribute 'get_config'" in str(e):
+        return (f"--config {_flag_value(argv, 'config')}: the file defines no get_config() (a config file returns "
+                "its ml_collections.ConfigDict from get_config(); see configs/base.py)")
     suggestion = re.search(r'Did you mean "([^"]+)"', str(e))
     unknown = re.search(r"'([^'\\]+)", str(e))
     if isinstance(e, (AttributeError, KeyError)) and unknown:

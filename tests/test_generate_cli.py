@@ -54,6 +54,12 @@ def test_single_prompt_json_and_bad_input(ckpt):
     bad = run_cli("--ckpt", ckpt, "--image", image + ".missing", "--prompt", "x")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--image" in bad.stderr
     assert "Traceback" not in bad.stderr
+    unreadable = os.path.join(os.path.dirname(ckpt), "not_an_image.jpg")
+    with open(unreadable, "w") as f:
+        f.write("my notes\n")
+    # refused before the model loads: --ckpt names a directory holding no checkpoint, which loading would report
+    bad = run_cli("--ckpt", os.path.dirname(ckpt), "--image", unreadable, "--prompt", "x")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "cannot read the image" in bad.stderr
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def _readonly_dir(tmp_path) -> str:
 
 @pytest.mark.parametrize("args, expected", [
     (["--config", "configs/nope.py"], ["--config configs/nope.py", "no such config file"]),
+    (["--config", "NO_GET_CONFIG"], ["the file defines no get_config()"]),
     (["--config.train.num_stepz=3"], ["--config.train.num_stepz", 'did you mean "num_steps"']),
     (["--config.train.log_every=abc"], ["--config.train.log_every=abc"]),
     (["--config.train.log_every=0"], ["train.log_every must be >= 1", "--config.train.log_every"]),
@@ -59,11 +60,16 @@ def _readonly_dir(tmp_path) -> str:
     (['--config.data.sources=({"kind": "webdataset", "path": "/data", "wieght": 2},)'],
      ["data.sources[0]: unknown key 'wieght'", 'did you mean "weight"']),
     (["--config.evals=(\"nosuch\",)"], ["nosuch"]),
+    (['--config.data.sources=({"kind": "webdataset", "path": "{tmp}"},)'], ["data.sources[0].path", "no .tar shards"]),
     (["WORKDIR_IS_A_FILE"], ["is a file, not a directory"]),
     (["WORKDIR_READ_ONLY"], ["cannot be written"]),
 ])
 def test_mistakes_are_one_line_with_exit_status_2(tmp_path, args, expected):
     workdir = str(tmp_path / "run")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "NO_GET_CONFIG" in args:
+        (tmp_path / "no_get_config.py").write_text("x = 1\n")
+        args = [str(tmp_path / "no_get_config.py") if a == "NO_GET_CONFIG" else a for a in args]
     if args == ["WORKDIR_IS_A_FILE"]:
         args, workdir = [], str(tmp_path / "a_file")
         open(workdir, "w").close()

@@ -92,12 +92,3 @@ def expand_shards(spec: str | Sequence[str]) -> tuple[str, list[str]]:
     shards = sorted({os.path.normpath(os.path.abspath(p)) for item in items for p in _one(str(item))})
     root = os.path.commonpath([os.path.dirname(p) for p in shards])
     return root, [os.path.relpath(p, root) for p in shards]
-
-
-def source_path_exists(spec) -> bool:
-    """Cheap check for config validation: does the path (or pattern, or every list entry) name at least one file?"""
-    try:
-        expand_shards(spec)
-        return True
-    except UserError:
-        return False

@@ -191,14 +191,27 @@ class TfdsSource:
         return record
 
 
-def source_path_exists(spec: Mapping[str, Any]) -> bool:
-    """Cheap start-up check of a source entry's path (a webdataset path may be a pattern or a list)."""
+def check_source_path(spec: Mapping[str, Any], field: str) -> None:
+    """Cheap start-up check of a source entry's path (a webdataset path may be a pattern or a list): UserError
+    saying what is wrong with it (missing, or a directory without shards)."""
     path = spec.get("path") or ""
-    if isinstance(path, str) and path.startswith(("gs://", "s3://")):
-        return True
+    if not path or isinstance(path, str) and path.startswith(("gs://", "s3://")):
+        return
     if spec.get("kind") == "webdataset":
-        return shard_paths.source_path_exists(path)
-    return os.path.exists(os.path.expanduser(str(path)))
+        try:
+            shard_paths.expand_shards(path)
+        except UserError as e:
+            raise UserError(f"{field}.path: {e}") from None
+    elif not os.path.exists(os.path.expanduser(str(path))):
+        raise UserError(f"{field}.path: {path!r} does not exist")
+
+
+def source_path_exists(spec: Mapping[str, Any]) -> bool:
+    try:
+        check_source_path(spec, "source")
+        return True
+    except UserError:
+        return False
 
 
 def open_source(spec: Mapping[str, Any], field: str = "source"):

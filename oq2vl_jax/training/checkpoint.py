@@ -29,10 +29,8 @@ line and moves nothing.
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 import re
-import sys
 from typing import Any, Callable, Mapping, TypeVar
 
 import jax
@@ -166,7 +164,7 @@ class Checkpointer:
                 raise
             except Exception as e:  # orbax / tensorstore / json / missing files: the step is damaged
                 result, error = None, " ".join(f"{type(e).__name__}: {e}".split())[:300]
-                _quiet_aborted_restore_callbacks()
+                checkpoint_io.quiet_aborted_restore()
             if _all_processes_ok(error is None):
                 for bad, reason in failures:
                     self._move_aside(bad, reason)
@@ -225,29 +223,3 @@ def _snapshot(item: Mapping[str, Any]) -> dict:
 def _restore_args(abstract) -> ocp.args.PyTreeRestore:
     """Restore onto the shapes, dtypes and shardings of a tree of ShapeDtypeStructs."""
     return ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
-
-
-class _NoOrphanedTaskErrors(std_logging.Filter):
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Task exception was never retrieved")
-
-
-def _quiet_aborted_restore_callbacks() -> None:
-    """After a restore that failed mid-read, TensorStore still completes the read futures Orbax had started and tries
-    to hand them to Orbax's asyncio loop, which is closed by then: each prints an "Event loop is closed" traceback
-    through sys.unraisablehook, and asyncio logs the orphaned read tasks' errors with their tracebacks (dozens of
-    them, after the one-line warning that already named the damaged step). Those, and only those, are dropped; every
-    other unraisable exception reaches the previous hook and every other asyncio record is logged."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_oq2vl_quiet", False):
-        return
-    std_logging.getLogger("asyncio").addFilter(_NoOrphanedTaskErrors())
-
-    def hook(unraisable):
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook._oq2vl_quiet = True
-    sys.unraisablehook = hook

@@ -83,7 +83,7 @@ def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool 
 
 def validate_paths(config, check_data: bool = True) -> None:
     from oq2vl_jax.data.config import check_source_specs
-    from oq2vl_jax.data.sources import source_path_exists
+    from oq2vl_jax.data.sources import check_source_path
     if check_data and not config.data.sources:
         raise UserError("data.sources is empty; set e.g. --config.data.sources='({\"kind\": \"webdataset\", "
                         "\"path\": \"/data/shards\"},)' (see oq2vl_jax/data/pipeline.py for the kinds)")
@@ -95,9 +95,7 @@ def validate_paths(config, check_data: bool = True) -> None:
             raise UserError(f"init.{name}: {value!r} does not exist; set --config.init.{name}=PATH "
                             f"(init.source='{source}')")
     for i, spec in enumerate(check_source_specs(config.data.sources, "data.sources") if check_data else ()):
-        path = spec.get("path", "")
-        if path and not source_path_exists(spec):  # a webdataset path may be a glob, a brace range or a list
-            raise UserError(f"data.sources[{i}].path: {path!r} does not exist")
+        check_source_path(spec, f"data.sources[{i}]")
     if config.data.tokenizer_dir and not os.path.isdir(config.data.tokenizer_dir):
         raise UserError(f"data.tokenizer_dir: {config.data.tokenizer_dir!r} is not a directory; set "
                         "--config.data.tokenizer_dir=PATH")
