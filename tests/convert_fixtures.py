@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 
 from model_fixtures import randomize_
 from oq2vl_jax.convert.write_checkpoint import save_imported
+from oq2vl_jax.demo.shapes import build_tiny_tokenizer
 from oq2vl_jax.pretrained import importer
-from oq2vl_jax.data.demo import build_tiny_tokenizer
 
 TINY_TOKENIZER_SIZE = 400  # + <|endofchunk|>, <s>, <image> stays below the LLM's 512 embedding rows
 VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, patch_size=4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from data_fixtures import numbered_samples
-from oq2vl_jax.data import demo
+from oq2vl_jax.data.sources.webdataset import write_tar_shard
 
 N = 10
 PER_SHARD = 5
@@ -24,6 +24,6 @@ def write_datacomp_shards(directory: str) -> str:
         s["json"] = {"uid": uid_of(i), "original_width": w, "original_height": h, "caption": s["txt"],
                      "status": "success"}
     for shard in range(N // PER_SHARD):
-        demo.write_tar_shard(os.path.join(directory, f"{shard:08d}.tar"),
+        write_tar_shard(os.path.join(directory, f"{shard:08d}.tar"),
                              samples[shard * PER_SHARD:(shard + 1) * PER_SHARD])
     return directory

@@ -1,6 +1,6 @@
 """Shared fixtures and builders for the data-pipeline tests (import with `from data_fixtures import ...`).
 
-Everything is synthetic and offline: the tiny tokenizer from oq2vl_jax.data.demo, small images made with PIL, tar
+Everything is synthetic and offline: the tiny tokenizer from oq2vl_jax.demo.shapes, small images made with PIL, tar
 shards written with `write_tar_shard`, and hand-crafted bad inputs (truncated files, decompression bombs, ...).
 """
 
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oq2vl_jax.data import demo
-from oq2vl_jax.data.tokenizer import DocumentLayout
+from oq2vl_jax.data.sources.webdataset import write_tar_shard
+from oq2vl_jax.demo import shapes as demo
+from oq2vl_jax.text.documents import DocumentLayout
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +27,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_tokenizer_dir):
-    from oq2vl_jax.data.tokenizer import load_tokenizer
+    from oq2vl_jax.text.tokens import load_tokenizer
     return load_tokenizer(tiny_tokenizer_dir)
 
 
@@ -78,7 +79,7 @@ def numbered_samples(n: int, start: int = 0, image_size=(8, 8)) -> list[dict]:
 
 def write_numbered_shards(directory: str, n: int, shard_size: int = 16, start: int = 0) -> str:
     for shard, offset in enumerate(range(0, n, shard_size)):
-        demo.write_tar_shard(os.path.join(directory, f"{shard:05d}.tar"),
+        write_tar_shard(os.path.join(directory, f"{shard:05d}.tar"),
                              numbered_samples(min(shard_size, n - offset), start + offset))
     return directory
 

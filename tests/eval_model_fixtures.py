@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from oq2vl_jax import checkpoint_io
-from oq2vl_jax.data.demo import build_tiny_tokenizer
+from oq2vl_jax.demo.shapes import build_tiny_tokenizer
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 
 

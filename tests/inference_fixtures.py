@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from oq2vl_jax.data.demo import build_tiny_tokenizer
+from oq2vl_jax.demo.shapes import build_tiny_tokenizer
 from oq2vl_jax.inference import VLMInference
 from oq2vl_jax.models import params as params_lib
 from oq2vl_jax.models.presets import VLMConfig, llm_preset, vision_preset

@@ -6,7 +6,7 @@ from oq2vl_jax.batch import validate_batch
 from oq2vl_jax.data.batching import BatchAssembler
 from oq2vl_jax.data.packing import PackedDocument
 from oq2vl_jax.data.stats import STATS_KEYS
-from oq2vl_jax.data.tokenizer import DocumentLayout
+from oq2vl_jax.text.documents import DocumentLayout
 
 BOS, EOS, T = 100, 101, 2
 RED, BLUE = image_bytes((10, 10), (255, 0, 0), fmt="PNG"), image_bytes((10, 10), (0, 0, 255), fmt="PNG")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from configs import demo
-from oq2vl_jax import bench
 from oq2vl_jax.batch import validate_batch
-from oq2vl_jax.bench_shapes import pretraining_rows
+from oq2vl_jax.bench import step as bench
+from oq2vl_jax.bench.shapes import pretraining_rows
 from oq2vl_jax.models.presets import open_qwen2vl
 
 
@@ -33,7 +33,7 @@ def test_tiny_step_benchmark_runs_and_counts_flops():
 
 @pytest.mark.slow
 def test_decode_benchmark_runs_both_sides_on_the_same_weights():
-    from oq2vl_jax import bench_decode
+    from oq2vl_jax.bench import decode as bench_decode
 
     result = bench_decode.run_decode_bench("small", batches=(2,), new_tokens=4, repeats=1)
     row = result["rows"][0]

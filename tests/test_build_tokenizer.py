@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 from data_fixtures import write_numbered_shards
-from oq2vl_jax.data.tokenizer import TextEncoder, caption_document, load_tokenizer
+from oq2vl_jax.text.documents import TextEncoder, caption_document
+from oq2vl_jax.text.tokens import load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

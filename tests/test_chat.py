@@ -1,4 +1,4 @@
-"""data/chat.py: the original's SFT template token for token (built here from its exact strings), the stock Qwen2
+"""text/chat.py: the original's SFT template token for token (built here from its exact strings), the stock Qwen2
 templates equal to transformers' apply_chat_template, roles checked and repaired, generation prompts."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import pytest
 
 from data_fixtures import tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401  (fixtures)
 
-from oq2vl_jax.data import chat
-from oq2vl_jax.data.tokenizer import TextEncoder, load_tokenizer
+from oq2vl_jax.text import chat
+from oq2vl_jax.text.documents import TextEncoder
+from oq2vl_jax.text.tokens import load_tokenizer
 
 T_IMG = 5
 IGNORE, IMAGE = -100, -200

@@ -1,4 +1,4 @@
-"""data/conversations.py: LLaVA / MAmmoTH-VL sources read lazily, unusable images counted (kept text-only or
+"""data/sources/conversations.py: LLaVA / MAmmoTH-VL sources read lazily, unusable images counted (kept text-only or
 skipped), and SFT documents through the whole pipeline (packed and one conversation per row)."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import pytest
 
 from data_fixtures import base_config, image_bytes, tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401 (fixtures)
 from oq2vl_jax.batch import validate_batch
-from oq2vl_jax.data import chat, pipeline
-from oq2vl_jax.data.conversations import ConversationFormatter, LlavaSource, MammothSource
-from oq2vl_jax.data.sources import open_source
-from oq2vl_jax.data.tokenizer import TextEncoder
+from oq2vl_jax.data import pipeline
+from oq2vl_jax.data.sources.conversations import ConversationFormatter, LlavaSource, MammothSource
+from oq2vl_jax.data.sources.registry import open_source
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.text import chat
+from oq2vl_jax.text.documents import TextEncoder
 
 T = 8
 

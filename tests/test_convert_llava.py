@@ -13,10 +13,10 @@ from PIL import Image
 from convert_fixtures import (GRID, assert_trees_equal, hf_llm, hf_vision, imported_ckpt,  # noqa: F401
                               tiny_tokenizer_dir)
 from oq2vl_jax import checkpoint_io
-from oq2vl_jax import tokens
 from oq2vl_jax.convert import exporter, llava
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.params import vlm_from_params
+from oq2vl_jax.text import tokens
 
 LOGIT_TOLERANCE = 1e-4
 

@@ -7,7 +7,7 @@ import pytest
 
 from curate_fixtures import uid_of, write_datacomp_shards
 from oq2vl_jax.curate import reshard, select, shards as shards_lib
-from oq2vl_jax.data.selection import read_selection, write_selection
+from oq2vl_jax.data.sources.selection import read_selection, write_selection
 from oq2vl_jax.errors import UserError
 
 

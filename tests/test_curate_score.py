@@ -16,8 +16,9 @@ import transformers
 from curate_fixtures import N, write_datacomp_shards
 from model_fixtures import randomize_
 from oq2vl_jax.curate import shards as shards_lib
-from oq2vl_jax.data import demo, images
-from oq2vl_jax.data.selection import read_selection
+from oq2vl_jax.data import images
+from oq2vl_jax.data.sources.selection import read_selection
+from oq2vl_jax.demo import shapes as demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, patch_size=4,

@@ -9,8 +9,8 @@ import pytest
 
 from curate_fixtures import N, uid_of, write_datacomp_shards
 from oq2vl_jax.curate import select, shards as shards_lib
-from oq2vl_jax.data.selection import read_selection
-from oq2vl_jax.data.webdataset import WebDatasetSource
+from oq2vl_jax.data.sources.selection import read_selection
+from oq2vl_jax.data.sources.webdataset import WebDatasetSource
 from oq2vl_jax.errors import UserError
 
 SCORES = [0.9, 0.5, 0.5, 0.1, 0.7, 0.5, 0.3, 0.8, 0.5, 0.2]
@@ -29,7 +29,7 @@ def data(tmp_path_factory):
         rows = list(shards_lib.iter_samples(os.path.join(root, name), want_image=False))
         cols = shards_lib.row_columns(rows)
         cols["score"] = SCORES[s * 5:(s + 1) * 5]
-        from oq2vl_jax.data.selection import shard_fingerprint
+        from oq2vl_jax.data.sources.selection import shard_fingerprint
         shards_lib.write_table(shards_lib.table_path(tables, name, "clip"), cols, shard_fingerprint(root, name))
         # the original's MLM-Filter layout: {8 digits}_{task}.parquet with uid, {task}_score text, status
         mlm = {"uid": [uid_of(i) for i in range(s * 5, s * 5 + 5)],
@@ -43,7 +43,7 @@ def data(tmp_path_factory):
 
 def selected_numbers(root, out):
     source = WebDatasetSource(root)
-    from oq2vl_jax.data.selection import SelectedSource
+    from oq2vl_jax.data.sources.selection import SelectedSource
     sel = SelectedSource(source, out)
     return sorted(int(sel[i]["documents"][0]["parts"][1][1].split()[1]) for i in range(len(sel)))
 

@@ -6,8 +6,8 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from oq2vl_jax.data import demo
-from oq2vl_jax.data.webdataset import WebDatasetSource
+from oq2vl_jax.data.sources.webdataset import WebDatasetSource
+from oq2vl_jax.demo import shapes as demo
 
 
 def test_demo_dataset_layout_and_captions(tmp_path):

@@ -1,12 +1,11 @@
-"""The demo's held-out attribute score (oq2vl_jax/evals/demo_attributes.py), with stand-in models whose predictions
+"""The demo's held-out attribute score (oq2vl_jax/demo/attributes.py), with stand-in models whose predictions
 are known: an oracle that predicts every next token scores 100 %, one that predicts token 0 everywhere scores 0 %."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from oq2vl_jax.data import demo
-from oq2vl_jax.evals import demo_attributes
+from oq2vl_jax.demo import attributes as demo_attributes, shapes as demo
 
 VOCAB = 1024  # above the tiny tokenizer's size
 

@@ -1,4 +1,4 @@
-"""The demo config's data (oq2vl_jax/data/demo_setup.py): used only when the user gave none, switchable off, and never
+"""The demo config's data (oq2vl_jax/demo/setup.py): used only when the user gave none, switchable off, and never
 written over a directory the project did not create. The CLI cases run the real trainer entry point; each stops
 before any compile."""
 
@@ -9,7 +9,7 @@ import sys
 import ml_collections
 import pytest
 
-from oq2vl_jax.data import demo_setup
+from oq2vl_jax.demo import setup as demo_setup
 from oq2vl_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

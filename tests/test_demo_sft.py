@@ -1,5 +1,5 @@
-"""data/demo_sft.py (synthetic SFT conversations, written once, never over someone's files) and the pieces of
-training/answer_accuracy.py that need no model."""
+"""demo/sft.py (synthetic SFT conversations, written once, never over someone's files) and the pieces of
+demo/answers.py that need no model."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import runpy
 import numpy as np
 import pytest
 
-from oq2vl_jax.data import demo_sft
+from oq2vl_jax.demo import sft as demo_sft
+from oq2vl_jax.demo.answers import answer_spans, blind_baseline
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.training.answer_accuracy import answer_spans, blind_baseline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

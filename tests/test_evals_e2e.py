@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from eval_model_fixtures import write_tiny_checkpoint
-from oq2vl_jax.data.demo import write_demo_dataset
+from oq2vl_jax.demo.shapes import write_demo_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

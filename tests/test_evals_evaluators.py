@@ -47,7 +47,7 @@ def test_training_loop_runs_config_evals(tmp_path):
 
     import jax
 
-    from oq2vl_jax.data.demo import build_tiny_tokenizer
+    from oq2vl_jax.demo.shapes import build_tiny_tokenizer
     from oq2vl_jax.training import loop
     from test_loop import tiny_config
     from test_step import synthetic_factory

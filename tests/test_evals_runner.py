@@ -13,7 +13,7 @@ import pytest
 
 from eval_fixtures import write_demo, write_pope
 from oq2vl_jax import evaluate as cli
-from oq2vl_jax.data.demo import write_demo_dataset
+from oq2vl_jax.demo.shapes import write_demo_dataset
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.evals import compare, registry, runner
 

@@ -4,8 +4,9 @@ import random
 
 import pytest
 
-from oq2vl_jax.evals import choice, mmmu_parse, pope, vqa_norm
-from oq2vl_jax.evals.mathvista import edit_distance
+from oq2vl_jax.evals.scorers import choice, mmmu_parse, vqa_norm
+from oq2vl_jax.evals.tasks import pope
+from oq2vl_jax.evals.tasks.mathvista import edit_distance
 
 OPTIONS = {"A": "red circle", "B": "blue square", "C": "green star", "D": "yellow line"}
 

@@ -5,8 +5,8 @@ import pytest
 
 from eval_fixtures import WRITERS, write_mmbench
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.evals import prompts, registry
-from oq2vl_jax.evals.task import item_rng
+from oq2vl_jax.evals import prompt_styles as prompts, registry
+from oq2vl_jax.evals.kit import item_rng
 
 
 def _score(task, items, outputs, seed=0):
@@ -141,7 +141,7 @@ def test_demo_task_reads_the_sft_demo_held_out_split(tmp_path):
     """--data WORKDIR/sft_data (configs/demo_sft.py) evaluates the SFT demo's held-out eval.json, by answer kind."""
     import json
 
-    from oq2vl_jax.data.demo_sft import write_sft_demo
+    from oq2vl_jax.demo.sft import write_sft_demo
 
     paths = write_sft_demo(str(tmp_path), num_train=4, num_eval=12, image_size=16, seed=3)
     with open(paths["eval"]) as f:

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from inference_fixtures import tiny_config, tiny_tokenizer
-from oq2vl_jax import checkpoint_io, generate, tokens
+from oq2vl_jax import checkpoint_io, generate
+from oq2vl_jax.text import tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +87,7 @@ def test_batch_mode_resumes_and_refuses_other_answers(ckpt, tmp_path, capsys):
 @pytest.mark.slow
 def test_readme_demo_caption(tmp_path):
     """README: after the CPU demo, the held-out image's caption names its colour, shape and position."""
-    from oq2vl_jax.data import demo
+    from oq2vl_jax.demo import shapes as demo
 
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("XLA_FLAGS", None)  # the demo as a user runs it

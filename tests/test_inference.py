@@ -12,7 +12,7 @@ from inference_fixtures import images, tiny_inference, tiny_tokenizer
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.inference.prompts import Prompt
 from oq2vl_jax.inference.sampler import bucket, pack_prompts, sample_tokens
-from oq2vl_jax.data.tokenizer import DocumentLayout
+from oq2vl_jax.text.documents import DocumentLayout
 
 NEW = 8
 

@@ -51,8 +51,8 @@ sys.modules["torch"] = None  # `import torch` raises ImportError, as without tor
 import oq2vl_jax
 for module in pkgutil.walk_packages(oq2vl_jax.__path__, "oq2vl_jax."):  # every module of the package
     importlib.import_module(module.name)
-from oq2vl_jax.data import demo
-from oq2vl_jax.data.tokenizer import load_tokenizer
+from oq2vl_jax.demo import shapes as demo
+from oq2vl_jax.text.tokens import load_tokenizer
 tok = load_tokenizer(demo.build_tiny_tokenizer(sys.argv[1]))
 assert len(tok) > 256
 sys.argv = ["oq2vl_jax.train", "--config", "configs/demo.py", "--dry_run", "--dry_run_devices=1"]

@@ -1,4 +1,4 @@
-"""data/json_index.py: byte offsets of JSON array elements / JSON lines, exact on nasty strings, bounded memory,
+"""data/sources/json_index.py: byte offsets of JSON array elements / JSON lines, exact on nasty strings, bounded memory,
 tied to the file (stale index rebuilt)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from oq2vl_jax.data import json_index
+from oq2vl_jax.data.sources import json_index
 from oq2vl_jax.errors import UserError
 
 NASTY = ["plain", "quote \" inside", "backslash \\", "two \\\\", "escaped \\\" quote", "brackets [ { ] } , :",
@@ -97,17 +97,17 @@ def test_memory_stays_bounded_on_a_multi_mb_file(tmp_path):
 
 
 def test_cli_builds_the_index_ahead_of_time(tmp_path):
-    """`python -m oq2vl_jax.data.json_index FILE` (docs/sft.md), and one error line for a bad file."""
+    """`python -m oq2vl_jax.data.sources.json_index FILE` (docs/sft.md), and one error line for a bad file."""
     import subprocess
     import sys
     path = tmp_path / "mammoth_si_10M.json"
     path.write_text(json.dumps(records(9)))
-    cmd = [sys.executable, "-m", "oq2vl_jax.data.json_index", str(path), "--index-dir", str(tmp_path / "idx")]
+    cmd = [sys.executable, "-m", "oq2vl_jax.data.sources.json_index", str(path), "--index-dir", str(tmp_path / "idx")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "9 array records" in out.stdout, out.stderr
     assert json_index.JsonRecords(str(path), index_dir=str(tmp_path / "idx")).index_path.startswith(
         str(tmp_path / "idx"))
     (tmp_path / "bad.json").write_text("[1, 2")
-    out = subprocess.run([sys.executable, "-m", "oq2vl_jax.data.json_index", str(tmp_path / "bad.json")],
+    out = subprocess.run([sys.executable, "-m", "oq2vl_jax.data.sources.json_index", str(tmp_path / "bad.json")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1

@@ -12,8 +12,8 @@ from flax import nnx
 
 from curate_fixtures import write_datacomp_shards
 from oq2vl_jax.curate import mlm_filter, mlm_score, shards as shards_lib
-from oq2vl_jax.data.demo import write_demo_dataset
 from oq2vl_jax.data.pipeline import model_vocab_size
+from oq2vl_jax.demo.shapes import write_demo_dataset
 from oq2vl_jax.inference import VLMInference
 from oq2vl_jax.inference.sampler import pack_prompts
 from oq2vl_jax.models.params import param_tree

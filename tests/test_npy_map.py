@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from oq2vl_jax.data import npy_map
-from oq2vl_jax.data.webdataset import INDEX_DTYPE
+from oq2vl_jax.data.sources import npy_map
+from oq2vl_jax.data.sources.webdataset import INDEX_DTYPE
 
 
 def _no_ast(*args, **kwargs):

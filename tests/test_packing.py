@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from oq2vl_jax.data.packing import FFDPackIterDataset, PackedDocument, _largest_subset, ffd_fill_pack, ffd_pack
-from oq2vl_jax.data.tokenizer import DocumentLayout
+from oq2vl_jax.text.documents import DocumentLayout
 
 T = 4  # tokens per image in these tests
 

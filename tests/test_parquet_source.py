@@ -16,8 +16,8 @@ from flax import nnx
 from data_fixtures import base_config, image_bytes, sample_numbers, tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401
 from oq2vl_jax.batch import validate_batch
 from oq2vl_jax.data import pipeline
-from oq2vl_jax.data.parquet_source import ParquetSource
-from oq2vl_jax.data.sources import open_source
+from oq2vl_jax.data.sources.parquet import ParquetSource
+from oq2vl_jax.data.sources.registry import open_source
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.models.vlm import VLM

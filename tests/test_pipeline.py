@@ -10,7 +10,8 @@ from data_fixtures import (base_config, i16_png_bytes, image_bytes, noise_image_
                            png_claiming_size, sample_numbers, tiny_tokenizer, tiny_tokenizer_dir,  # noqa: F401
                            truncated_jpeg_bytes, write_numbered_shards)
 from oq2vl_jax.batch import validate_batch
-from oq2vl_jax.data import demo, pipeline
+from oq2vl_jax.data import pipeline
+from oq2vl_jax.data.sources.webdataset import write_tar_shard
 from oq2vl_jax.data.stats import STATS_KEYS, DataStats, sum_stats
 from oq2vl_jax.errors import UserError
 
@@ -141,8 +142,8 @@ def bad_input_shards(root):
         {"__key__": "i16", "png": i16_png_bytes(np.full((6, 6), 40000)), "txt": "sample 989"},
         {"__key__": "long", "jpg": image_bytes(), "txt": long_caption},
     ]
-    demo.write_tar_shard(os.path.join(root, "a.tar"), samples)
-    demo.write_tar_shard(os.path.join(root, "b.tar"), numbered_samples(3, start=100))
+    write_tar_shard(os.path.join(root, "a.tar"), samples)
+    write_tar_shard(os.path.join(root, "b.tar"), numbered_samples(3, start=100))
     data = open(os.path.join(root, "b.tar"), "rb").read()
     open(os.path.join(root, "b.tar"), "wb").write(data[:3000])  # one complete sample survives the cut
     open(os.path.join(root, "c.tar"), "wb").write(b"\x00garbage" * 50)

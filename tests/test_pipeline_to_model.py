@@ -7,8 +7,8 @@ import numpy as np
 from flax import nnx
 
 from oq2vl_jax.batch import validate_batch
-from oq2vl_jax.data.demo import write_demo_dataset
 from oq2vl_jax.data.pipeline import build_iterator, model_vocab_size
+from oq2vl_jax.demo.shapes import write_demo_dataset
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.models.vlm import VLM
 

@@ -9,10 +9,10 @@ import pytest
 
 from data_fixtures import (base_config, sample_numbers, tiny_tokenizer, tiny_tokenizer_dir,  # noqa: F401
                            write_numbered_shards)
-from oq2vl_jax.data import pipeline
-from oq2vl_jax.data.selection import SelectedSource, shard_fingerprint, write_selection
-from oq2vl_jax.data.webdataset import WebDatasetSource
 from oq2vl_jax.curate import shards as shards_lib
+from oq2vl_jax.data import pipeline
+from oq2vl_jax.data.sources.selection import SelectedSource, shard_fingerprint, write_selection
+from oq2vl_jax.data.sources.webdataset import WebDatasetSource
 from oq2vl_jax.errors import UserError
 
 T = 8

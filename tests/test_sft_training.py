@@ -13,11 +13,10 @@ import pytest
 
 from data_fixtures import tiny_tokenizer_dir  # noqa: F401 (fixture)
 from oq2vl_jax import checkpoint_io, parallel
-from oq2vl_jax.data.demo_sft import write_sft_demo
+from oq2vl_jax.demo.sft import write_sft_demo
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models import vlm as vlm_lib
-from oq2vl_jax.training import loop, metrics, setup
-from oq2vl_jax.training import state as state_lib
+from oq2vl_jax.training import loop, metrics, setup, state as state_lib
 from test_step import FAST_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,13 +1,12 @@
-"""A webdataset index is tied to the shards it describes (oq2vl_jax/data/webdataset.py): single-tar sources in one
-directory never share one, and an index whose shards changed is never used."""
+"""A webdataset index is tied to the shards it describes (oq2vl_jax/data/sources/webdataset.py): single-tar sources in
+one directory never share one, and an index whose shards changed is never used."""
 
 import os
 import subprocess
 import sys
 
 from data_fixtures import numbered_samples
-from oq2vl_jax.data.demo import write_tar_shard
-from oq2vl_jax.data.webdataset import WebDatasetSource
+from oq2vl_jax.data.sources.webdataset import WebDatasetSource, write_tar_shard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,5 +1,5 @@
-"""Selecting shards (oq2vl_jax/data/shard_paths.py): directories, single tars, globs, brace ranges and lists, through
-the `sources info` command and the trainer's config parser; missing shards are errors, never silent gaps."""
+"""Selecting shards (oq2vl_jax/data/sources/shard_paths.py): directories, single tars, globs, brace ranges and lists,
+through the `sources info` command and the trainer's config parser; missing shards are errors, never silent gaps."""
 
 import os
 import subprocess
@@ -10,8 +10,8 @@ import pytest
 from data_fixtures import (base_config, sample_numbers, tiny_tokenizer, tiny_tokenizer_dir,  # noqa: F401
                            write_numbered_shards)
 from oq2vl_jax.data.pipeline import build_iterator
-from oq2vl_jax.data.shard_paths import expand_braces, expand_shards
-from oq2vl_jax.data.sources import source_path_exists
+from oq2vl_jax.data.sources.registry import source_path_exists
+from oq2vl_jax.data.sources.shard_paths import expand_braces, expand_shards
 from oq2vl_jax.errors import UserError
 from test_data_config import parse
 

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from data_fixtures import image_bytes
-from oq2vl_jax.data import sources
-from oq2vl_jax.data.sources import PackedJsonSource, TfdsSource, open_source
-from oq2vl_jax.data.webdataset import WebDatasetSource
+from oq2vl_jax.data.sources import __main__ as sources_cli
+from oq2vl_jax.data.sources.packed_json import PackedJsonSource
+from oq2vl_jax.data.sources.registry import open_source
+from oq2vl_jax.data.sources.tfds import TfdsSource
+from oq2vl_jax.data.sources.webdataset import WebDatasetSource
 from oq2vl_jax.errors import UserError
 
 HAVE_TFDS = importlib.util.find_spec("tensorflow_datasets") is not None
@@ -63,7 +65,7 @@ def test_packed_json_records(packed_dir):
 def test_convert_packed_json_to_webdataset(packed_dir, tmp_path):
     root, img = packed_dir
     out = tmp_path / "converted"
-    assert sources.main(["convert-packed-json", str(root), str(out)]) == 0
+    assert sources_cli.main(["convert-packed-json", str(root), str(out)]) == 0
     wds = WebDatasetSource(str(out))
     captions = [wds[i]["documents"][0]["parts"][1][1] for i in range(len(wds))]
     assert captions == ["a red circle", "a blue square", "a green star"]

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 
 from oq2vl_jax import parallel
-from oq2vl_jax.bench_shapes import pretraining_rows
+from oq2vl_jax.bench.shapes import pretraining_rows
 from oq2vl_jax.data.stats import empty_stats
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
-from oq2vl_jax.training import optimizer as optim_lib
-from oq2vl_jax.training import state as state_lib
+from oq2vl_jax.training import optimizer as optim_lib, state as state_lib
 from oq2vl_jax.training.step import make_train_step
 
 TINY = VLMConfig(vision=vision_preset("siglip-tiny"), llm=llm_preset("qwen2-tiny"), tokens_per_image=4)

@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 
 from data_fixtures import tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401  (fixtures)
-from oq2vl_jax.data.tokenizer import (DocumentLayout, TextEncoder, caption_document, interleaved_document,
+from oq2vl_jax.text.documents import (DocumentLayout, TextEncoder, caption_document, interleaved_document,
                                       truncate_document)
 
 

@@ -1,4 +1,4 @@
-"""oq2vl_jax/tokens.py: the reference's special tokens on a Qwen2-style tokenizer, loading errors, and the copy a
+"""oq2vl_jax/text/tokens.py: the reference's special tokens on a Qwen2-style tokenizer, loading errors, and the copy a
 checkpoint carries (prepared once, ids unchanged when loaded again)."""
 
 import json
@@ -7,8 +7,8 @@ import os
 import pytest
 
 from data_fixtures import tiny_tokenizer_dir  # noqa: F401  (fixture)
-from oq2vl_jax import tokens
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.text import tokens
 
 
 def test_load_tokenizer_adds_reference_tokens(tiny_tokenizer_dir):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from data_fixtures import image_bytes, numbered_samples, write_numbered_shards
-from oq2vl_jax.data import sources, webdataset
-from oq2vl_jax.data.demo import write_tar_shard
-from oq2vl_jax.data.webdataset import INDEX_NAME, WebDatasetSource, build_index, scan_shard, split_member_name
+from oq2vl_jax.data.sources import __main__ as sources_cli, webdataset
+from oq2vl_jax.data.sources.webdataset import (INDEX_NAME, WebDatasetSource, build_index, scan_shard, split_member_name,
+                                               write_tar_shard)
 from oq2vl_jax.errors import UserError
 
 
@@ -46,12 +46,12 @@ def test_index_is_cached_and_rebuilt_when_shards_change(tmp_path):
 def test_index_dir_override_and_cli(tmp_path, capsys):
     shards = write_numbered_shards(str(tmp_path / "shards"), 12, shard_size=5)
     index_dir = str(tmp_path / "idx")
-    assert sources.main(["index", shards, "--index-dir", index_dir, "--workers", "1"]) == 0
+    assert sources_cli.main(["index", shards, "--index-dir", index_dir, "--workers", "1"]) == 0
     assert "12 records" in capsys.readouterr().out
     assert any(n.startswith(INDEX_NAME) and n.endswith(".npy") for n in os.listdir(index_dir))
     assert not any(n.startswith(INDEX_NAME) for n in os.listdir(shards))
     assert len(WebDatasetSource(shards, index_dir=index_dir)) == 12
-    assert sources.main(["index", str(tmp_path / "missing")]) == 2
+    assert sources_cli.main(["index", str(tmp_path / "missing")]) == 2
 
 
 def test_damaged_shards_become_counted_skip_entries(tmp_path):

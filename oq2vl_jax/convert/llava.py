@@ -21,11 +21,10 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax import tokens
-from oq2vl_jax.convert import tokenizer
-from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.pretrained import hf, importer, tensor_files
+from oq2vl_jax.text import tokenizer_files as tokenizer, tokens
 
 # The reference's SFT prompt (qwen2_prompter.py): a fixed system prefix with the first user turn, "assistant\n"
 # glued to the user turn's <|im_end|> (no "\n<|im_start|>"), assistant turns closed by "<|im_end|>\n", messages

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.evals.ai2d import AI2D
-from oq2vl_jax.evals.demo import DemoVQA
-from oq2vl_jax.evals.mantis import Mantis
-from oq2vl_jax.evals.mathvista import MathVista
-from oq2vl_jax.evals.mmbench import MMBench
-from oq2vl_jax.evals.mmmu import MMMU
-from oq2vl_jax.evals.mmstar import MMStar
-from oq2vl_jax.evals.pope import POPE
-from oq2vl_jax.evals.realworldqa import RealWorldQA
-from oq2vl_jax.evals.seedbench import SEEDBench
-from oq2vl_jax.evals.task import Task
-from oq2vl_jax.evals.textvqa import TextVQA
+from oq2vl_jax.evals.kit import Task
+from oq2vl_jax.evals.tasks.ai2d import AI2D
+from oq2vl_jax.evals.tasks.demo import DemoVQA
+from oq2vl_jax.evals.tasks.mantis import Mantis
+from oq2vl_jax.evals.tasks.mathvista import MathVista
+from oq2vl_jax.evals.tasks.mmbench import MMBench
+from oq2vl_jax.evals.tasks.mmmu import MMMU
+from oq2vl_jax.evals.tasks.mmstar import MMStar
+from oq2vl_jax.evals.tasks.pope import POPE
+from oq2vl_jax.evals.tasks.realworldqa import RealWorldQA
+from oq2vl_jax.evals.tasks.seedbench import SEEDBench
+from oq2vl_jax.evals.tasks.textvqa import TextVQA
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (MMMU, MMBench, SEEDBench, MMStar, AI2D, TextVQA, MathVista, POPE,
                                                      Mantis, RealWorldQA, DemoVQA)}

@@ -23,8 +23,7 @@ from typing import Callable, Sequence
 from absl import logging
 
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.evals.api import EvalModel, Item, Request
-from oq2vl_jax.evals.task import Task, item_rng
+from oq2vl_jax.evals.kit import EvalModel, Item, Request, Task, item_rng
 
 PREDICTIONS = "predictions.jsonl"
 

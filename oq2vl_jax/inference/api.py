@@ -26,10 +26,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from oq2vl_jax import checkpoint_io, parallel, tokens
-from oq2vl_jax.data import tokenizer as tok_lib
+from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.inference import prompts as prompt_lib
+from oq2vl_jax.text import documents as tok_lib, tokens
 from oq2vl_jax.inference.sampler import (FINISH_REASONS, FINISH_STOP_STRING, Sampler, SamplingParams, bucket,
                                          pack_prompts, stop_sequence_array)
 from oq2vl_jax.models import layers, params as params_lib

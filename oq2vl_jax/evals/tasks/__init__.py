@@ -1,0 +1,1 @@
+"""One module per benchmark (evals/kit.py `Task`); evals/registry.py names them."""
