@@ -79,7 +79,7 @@ class InferenceModel:
         for cands, idx in groups.items():
             ids = self.vlm.candidate_ids(cands)
             built = [self._prompt(requests[i], f"request {i}") for i in idx]
-            _, probs = self.vlm._score_batch(built, [[ids[0]]] * len(built), ids)
+            _, probs = self.vlm.score_batch(built, [[ids[0]]] * len(built), ids)
             for i, p in zip(idx, probs, strict=True):
                 total = float(sum(p))
                 out[i] = [float(x) / total for x in p]

@@ -49,23 +49,27 @@ def modules() -> dict[str, str]:
     return found
 
 
+def imports_of(node: ast.ImportFrom, path: str, module: str, known: dict[str, str], only=None):
+    """(imported module, imported name or None) for the names of one `from ... import ...` of ours: `from a.b import
+    c` names the module a.b.c when that is a module, else the name c of a.b."""
+    base = node.module or ""
+    if node.level:  # relative import
+        package = (module if path.endswith("__init__.py") else module.rpartition(".")[0]).split(".")
+        base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+    if base.split(".")[0] != PACKAGE:
+        return
+    for alias in node.names if only is None else [only]:
+        sub = f"{base}.{alias.name}"
+        yield (sub, None) if sub in known else (base, alias.name)
+
+
 def imports(path: str, module: str, known: dict[str, str]):
-    """(imported module, imported name or None) for every import of ours in one file. `from a.b import c` names
-    the module a.b.c when that is a module, else the name c of a.b."""
-    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    """(imported module, imported name or None) for every import of ours in one file."""
     for node in ast.walk(ast.parse(open(path).read(), path)):
         if isinstance(node, ast.Import):
             yield from ((a.name, None) for a in node.names if a.name.split(".")[0] == PACKAGE)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative import
-                parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-            if base.split(".")[0] != PACKAGE:
-                continue
-            for alias in node.names:
-                sub = f"{base}.{alias.name}"
-                yield (sub, None) if sub in known else (base, alias.name)
+            yield from imports_of(node, path, module, known)
 
 
 def graph() -> dict[str, set[str]]:
@@ -114,6 +118,33 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def private_uses() -> list[str]:
+    """`_private` names of one module used by another: imported by name, or read as `module._name` through an
+    imported module (dunders are not private)."""
+    known, found = modules(), []
+    is_private = lambda name: name.startswith("_") and not name.startswith("__")  # noqa: E731
+    for module, path in known.items():
+        tree = ast.parse(open(path).read(), path)
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                for alias in node.names:
+                    target, name = next(imports_of(node, path, module, known, alias), (None, None))
+                    if target is None:
+                        continue
+                    if name is None:
+                        aliases[alias.asname or alias.name] = target
+                    elif is_private(name) and target != module:
+                        found.append(f"{module} imports {target}.{name}")
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in known})
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and is_private(node.attr) and aliases[node.value.id] != module):
+                found.append(f"{module} uses {aliases[node.value.id]}.{node.attr}")
+    return sorted(set(found))
+
+
 def room_graph(edges: dict[str, set[str]]) -> dict[str, dict[str, int]]:
     """room -> {room it imports: number of module-level arrows}."""
     rooms: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -138,6 +169,10 @@ def test_no_forbidden_import_arrows():
 
 def test_no_import_circle():
     assert not cycles(graph())
+
+
+def test_no_private_name_is_used_by_another_module():
+    assert not private_uses()
 
 
 def test_the_circle_finder_finds_a_circle():
