@@ -79,7 +79,7 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
         for task, items in loaded:
             print(f"{task.name}: {len(items)} items")
             if items:
-                from oq2vl_jax.evals.prompt_styles import display
+                from oq2vl_jax.evals.kit import display
 
                 for name, req in task.requests(items[0], args.prompt).items():
                     print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {display(req)!r}")

@@ -5,7 +5,7 @@ import pytest
 
 from fixtures.evals import WRITERS, write_mmbench
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.evals import prompt_styles as prompts, registry
+from oq2vl_jax.evals import kit, registry
 from oq2vl_jax.evals.kit import item_rng
 
 
@@ -57,7 +57,7 @@ def test_mmbench_reference_prompt_as_written(tmp_path):
     assert ref.max_new_tokens == 16 and ref.stop == (".", ",", "\n")
     chat = task.requests(items["1"], "chat")["answer"]
     assert chat.template == "chat" and chat.prompt.startswith("<image>\nLook closely.")
-    assert prompts.display(chat) == ("<s><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert kit.display(chat) == ("<s><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                                      "<|im_start|>user\n<image>\nLook closely.\nWhich animal?\nA. cat\nB. dog\n"
                                      "Answer with the option's letter from the "
                            "given choices directly.<|im_end|>assistant\n")
@@ -155,3 +155,31 @@ def test_demo_task_reads_the_sft_demo_held_out_split(tmp_path):
     right = {it.id: {"answer": it.fields["answer"]} for it in items}
     _, metrics = _score(task, items, right)
     assert metrics["strict"]["score"] == pytest.approx(100.0)
+
+
+def test_a_multiple_choice_benchmark_is_one_short_module_and_no_registry_edit():
+    import inspect
+
+    from oq2vl_jax.evals.tasks import seedbench
+
+    source = inspect.getsource(seedbench)
+    assert len(source.splitlines()) <= 30
+    assert issubclass(seedbench.SEEDBench, kit.MultipleChoiceTask)
+    assert registry.TASKS["seedbench"] is seedbench.SEEDBench
+    assert "seedbench" not in inspect.getsource(registry).lower()  # found, not listed
+    assert {"ai2d", "demo", "mantis", "mathvista", "mmbench", "mmmu", "mmstar", "pope", "realworldqa", "seedbench",
+            "textvqa"} == set(registry.TASKS)
+
+
+def test_register_refuses_a_nameless_task_and_a_second_task_of_one_name():
+    class Nameless(kit.MultipleChoiceTask):
+        pass
+
+    class Twin(kit.MultipleChoiceTask):
+        name = "seedbench"
+
+    with pytest.raises(ValueError, match="needs a `name`"):
+        kit.register(Nameless)
+    with pytest.raises(ValueError, match="two tasks are named 'seedbench'"):
+        kit.register(Twin)
+    assert kit.TASKS["seedbench"] is not Twin
