@@ -7,8 +7,8 @@ import hashlib
 import json
 import os
 
-from entry_points import one_error_line, run_many, run_train
-from test_generate_cli import ckpt  # noqa: F401 (pytest fixture: a tiny random checkpoint)
+from fixtures.entry_points import one_error_line, run_many, run_train
+from fixtures.inference import ckpt  # noqa: F401 (pytest fixture: a tiny random checkpoint)
 
 
 def digest(root) -> dict[str, str]:
@@ -25,7 +25,7 @@ def digest(root) -> dict[str, str]:
 
 
 def test_generate_and_evaluate_refuse_the_users_files(ckpt, tmp_path):  # noqa: F811
-    from eval_fixtures import write_pope
+    from fixtures.evals import write_pope
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "hello"}) + "\n")

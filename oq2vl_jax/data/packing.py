@@ -37,8 +37,8 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from oq2vl_jax.data.tokenizer import DocumentLayout
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.text.documents import DocumentLayout
 
 
 @dataclasses.dataclass(frozen=True)

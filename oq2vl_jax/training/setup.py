@@ -12,9 +12,10 @@ from typing import Mapping
 import jax
 from absl import logging
 
-from oq2vl_jax import checkpoint_io, parallel, tokens
+from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
+from oq2vl_jax.text import tokens
 from oq2vl_jax.training import checks
 from oq2vl_jax.training.optimizer import make_optimizer
 from oq2vl_jax.training.state import ModelParts, TrainState, abstract_state, check_stage, merge_params, split_params
@@ -83,7 +84,7 @@ def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool 
 
 def validate_paths(config, check_data: bool = True) -> None:
     from oq2vl_jax.data.config import check_source_specs
-    from oq2vl_jax.data.sources import check_source_path
+    from oq2vl_jax.data.sources.registry import check_source_path
     if check_data and not config.data.sources:
         raise UserError("data.sources is empty; set e.g. --config.data.sources='({\"kind\": \"webdataset\", "
                         "\"path\": \"/data/shards\"},)' (see oq2vl_jax/data/pipeline.py for the kinds)")
