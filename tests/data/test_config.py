@@ -28,12 +28,14 @@ def test_sources_override_parses_with_every_config(name):
     assert [s["path"] for s in config.data.eval_sources] == ["/data/x"]
 
 
-def test_trainer_cli_applies_the_sources_override():
+def test_trainer_cli_applies_the_sources_override(tmp_path):
     """Through the real entry point: the run stops at the path check (exit 2, one line) naming the given path."""
+    # (everything under tmp_path: a fixed absolute path would be created by one test's workdir and seen by another's)
+    missing = str(tmp_path / "missing_shards")
     proc = subprocess.run([sys.executable, "-m", "oq2vl_jax.train", "--config", os.path.join(REPO, "configs", "a100x8.py"),
-                           "--workdir", "/nonexistent-oq2vl/run", "--config.init.source=random",
-                           "--config.data.sources=" + '({"kind": "webdataset", "path": "/nonexistent-oq2vl/shards"},)'],
+                           "--workdir", str(tmp_path / "run"), "--config.init.source=random",
+                           "--config.data.sources=" + f'({{"kind": "webdataset", "path": "{missing}"}},)'],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "data.sources[0].path: '/nonexistent-oq2vl/shards' does not exist" in proc.stderr
+    assert f"data.sources[0].path: '{missing}' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -35,9 +35,10 @@ def test_cli_refuses_a_user_directory_and_deletes_nothing(tmp_path):
 
 
 def test_cli_uses_the_users_sources_not_the_demo_data(tmp_path):
-    proc = train_cli(tmp_path / "run", '--config.data.sources=({"kind": "webdataset", "path": "/nonexistent-oq2vl"},)')
+    missing = str(tmp_path / "missing_shards")  # under tmp_path: a fixed absolute path may exist on the machine
+    proc = train_cli(tmp_path / "run", f'--config.data.sources=({{"kind": "webdataset", "path": "{missing}"}},)')
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "data.sources[0].path: '/nonexistent-oq2vl' does not exist" in proc.stderr
+    assert f"data.sources[0].path: '{missing}' does not exist" in proc.stderr
     assert "the demo data is not used" in proc.stderr
     assert not os.path.exists(tmp_path / "run" / "demo_data")
 
