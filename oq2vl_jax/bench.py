@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 import jax
@@ -25,7 +26,7 @@ from ml_collections import config_flags
 
 from oq2vl_jax import parallel
 from oq2vl_jax.bench_shapes import pretraining_rows
-from oq2vl_jax.errors import UserError
+from oq2vl_jax.errors import UserError, report_user_error
 from oq2vl_jax.models.presets import VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.training import flops
 from oq2vl_jax.training.setup import model_options, optimizer_and_state, preset_model_config
@@ -48,7 +49,10 @@ def define_flags() -> dict:
         "decode_size": flags.DEFINE_enum("decode_size", "small", ["small", "full"], "decode: model size"),
         "batches": flags.DEFINE_list("batches", ["1", "8", "64"], "decode: batch sizes"),
         "new_tokens": flags.DEFINE_integer("new_tokens", 32, "decode: new tokens per row"),
-        "repeats": flags.DEFINE_integer("repeats", 3, "decode: timed runs per measurement (median)"),
+        "cpu_threads": flags.DEFINE_integer("cpu_threads", 1, "decode on CPU: cores (and torch threads) for both "
+                                            "sides; 0 = each library's default"),
+        "repeats": flags.DEFINE_integer("repeats", 5, "decode: timed rounds per batch, the two sides alternating "
+                                        "(reported as min / median / max)"),
     }
 
 
@@ -130,25 +134,34 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _write_json(path: str, result: dict) -> None:
+    """Atomically (the GPU job may stop this process between two batch sizes and keep what was written)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as out:
+        json.dump(result, out)
+    os.replace(tmp, path)
+
+
 def main_decode(f: dict):
     from oq2vl_jax import bench_decode
 
     try:
         batches = tuple(int(b) for b in f["batches"].value)
     except ValueError:
-        raise SystemExit(f"error: --batches must be integers, got {f['batches'].value}")
+        raise UserError(f"--batches must be integers, got {','.join(f['batches'].value)}")
+    on_row = (lambda result: _write_json(f["json"].value, result)) if f["json"].value else None
     result = bench_decode.run_decode_bench(f["decode_size"].value, batches, f["new_tokens"].value,
-                                           f["repeats"].value)
+                                           f["repeats"].value, on_row=on_row, threads=f["cpu_threads"].value)
     print(bench_decode.format_table(result))
     print(json.dumps(result))
-    if f["json"].value:
-        with open(f["json"].value, "w") as out:
-            json.dump(result, out)
 
 
 def main(argv, f: dict):
     if len(argv) == 2 and argv[1] == "decode":
-        return main_decode(f)
+        try:
+            return main_decode(f)
+        except UserError as e:
+            raise SystemExit(report_user_error(e))
     if len(argv) != 2 or argv[1] != "step":
         raise app.UsageError("usage: python -m oq2vl_jax.bench step --config CONFIG [--rows N] [--tiny] | "
                              "decode [--decode_size small|full]")
@@ -157,14 +170,13 @@ def main(argv, f: dict):
                                 warmup=f["warmup"].value, tiny=f["tiny"].value, matmul_size=f["matmul_size"].value,
                                 images_per_row=f["images_per_row"].value, slots=f["slots"].value)
     except UserError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(report_user_error(e))
     for key in ("device", "rows", "remat", "attention", "step_ms", "tokens_per_s", "images_per_s", "tflops_per_device",
                 "mfu", "matmul_ceiling_tflops", "mfu_vs_ceiling", "peak_mem_gib", "loss"):
         print(f"{key:>22}: {_fmt(result[key])}")
     print(json.dumps(result))
     if f["json"].value:
-        with open(f["json"].value, "w") as out:
-            json.dump(result, out)
+        _write_json(f["json"].value, result)
 
 
 if __name__ == "__main__":

@@ -155,15 +155,17 @@ class VLMInference:
         return SamplingParams(int(max_new_tokens), float(temperature), int(top_k), float(top_p), int(seed))
 
     def generate_prompts(self, built: Sequence[prompt_lib.Prompt], sampling: SamplingParams, *,
-                         stop: Sequence[str] = ()) -> list[Generation]:
-        """One batch of already built prompts (the CLI and the benchmark use this to time batches)."""
+                         stop: Sequence[str] = (), timings: dict | None = None) -> list[Generation]:
+        """One batch of already built prompts (the CLI and the benchmark use this to time batches; `timings`: see
+        `Sampler.generate`)."""
         rows = self._rows(len(built))
         batch = pack_prompts(built, rows=rows, pad_id=self.encoder.pad_id, image_size=self.config.vision.image_size)
         active = np.arange(rows) < len(built)
         stop_sequences = stop_sequence_array([self.encoder.encode(s) for s in stop])
         tokens, count, reason = self._run(
             lambda: self.sampler.generate(self.params, batch, sampling, stop_ids=self.stop_ids,
-                                          stop_sequences=stop_sequences, active=active, put=self._put))
+                                          stop_sequences=stop_sequences, active=active, put=self._put,
+                                          timings=timings))
         out = []
         for r in range(len(built)):
             ids = tuple(int(t) for t in tokens[r, :count[r]])
