@@ -7,8 +7,10 @@ A device call is lent for minutes, so the job is built to end inside it with the
 written, whatever happens later:
 - Budget: JOB_BUDGET_S seconds (default 540) from JOB_START (epoch seconds, set by gpu_run.sh before the wheels
   are installed). Before each stage the job looks at the time left (less RESERVE_S for the summary): a stage starts
-  only if its typical duration on one H100 (`estimate_s`, from the issue-6/12 runs' compile and build times) fits,
-  and runs under a timeout of what is left; one that overruns is killed with its whole process group.
+  only if its expected duration on one H100 fits (`estimate_s`: a guess until a device has run it, from the full
+  step's compile time for the H100 target on a CPU host, ~10-20 s, plus start-up, weights and the timed steps; the
+  first run's stages.jsonl gives the real ones), and runs under a timeout of what is left; one that overruns is
+  killed with its whole process group.
 - Order: our best step, then the PyTorch peer with checkpointing on the same rows (the decisive pair), then the
   numbers that explain or extend it (the safe attention variant, the attention kernels, the peer without
   checkpointing, another variant), then decode, the evaluation runner, curation, the cuDNN unit tests.
@@ -41,7 +43,7 @@ TINY_VARIANTS = "tiny_none:--config.model.remat=none;tiny_full:--config.model.re
 class Stage:
     name: str
     argv: tuple[str, ...]
-    estimate_s: float  # typical wall time on one H100 (start-up and compilation included): decides whether it starts
+    estimate_s: float  # expected wall time on one H100 (start-up and compilation included): decides whether it starts
     cap_s: float  # the most it may run even with time left
     outputs: tuple[str, ...] = ()  # files under OUT it writes
     env: tuple[tuple[str, str], ...] = ()  # extra environment

@@ -57,6 +57,7 @@ def test_decode_ratio_comes_from_medians_with_the_range_of_the_repeats():
     assert ours["decode_tok_s"] == 8 / 2e-3
     row = bd.compare(ours, theirs)
     assert row["decode_speedup"] == 10.0 and row["decode_speedup_range"] == [2.5, 30.0]
+    assert row["decode_speedup_fastest"] == 10.0
     assert row["prefill_speedup"] == 3.0 and row["refused"] is None
 
 
@@ -72,6 +73,7 @@ def test_decode_ratio_is_refused_when_any_repeat_is_implausible():
                                        "transformers": {**theirs, "peak_mem_gib": None}, **row,
                                        "same_tokens": True}]})
     assert "refused: non-positive" in table and "| 8 | 83 |" in table
+    assert all(line.count("|") == table.splitlines()[1].count("|") for line in table.splitlines()[1:])
 
 
 @pytest.mark.slow
