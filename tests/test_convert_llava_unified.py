@@ -78,27 +78,61 @@ def save_sharded(path: str, state: dict, shards: int = 3) -> None:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
 
 
-@pytest.fixture(scope="module")
-def unified(tmp_path_factory, hf_llm, tiny_tokenizer_dir):
-    """(directory, TorchLlavaQwen): the checkpoint in 3 safetensors shards with an index, config and tokenizer.
-    Names as LlavaQwenForCausalLM.state_dict() has them under the transformers 4 LLaVA-Unified pins (SiglipVisionModel
-    keeps its `vision_model.` level there); the tied lm_head is not written, as save_pretrained drops it."""
-    qwen = hf_llm[1]
+class AvgPoolProjector(torch.nn.Module):
+    """LLaVA-Unified's `aapool_mlp` (llava/model/multimodal_projector/builder.py): AdaptiveAvgPool2d of the patch
+    grid, then Linear -> GELU -> Linear as `mlp_projector`."""
+
+    def __init__(self, tokens: int, d_in: int, d: int):
+        super().__init__()
+        side = int(tokens ** 0.5)
+        self.sampler = torch.nn.AdaptiveAvgPool2d((side, side))
+        self.mlp_projector = torch.nn.Sequential(torch.nn.Linear(d_in, d), torch.nn.GELU(), torch.nn.Linear(d, d))
+
+    def forward(self, x):
+        b, n, d = x.shape
+        grid = x.transpose(1, 2).reshape(b, d, int(n ** 0.5), int(n ** 0.5))
+        return self.mlp_projector(self.sampler(grid).flatten(2).transpose(1, 2))
+
+
+def write_unified(path: str, qwen, tokenizer_dir: str, projector_type: str, **settings) -> TorchLlavaQwen:
+    """A checkpoint in 3 safetensors shards with an index, config and tokenizer. Names as
+    LlavaQwenForCausalLM.state_dict() has them under the transformers 4 LLaVA-Unified pins (SiglipVisionModel keeps
+    its `vision_model.` level there); the tied lm_head is not written, as save_pretrained drops it."""
     tower = hf_siglip_vision("gelu_pytorch_tanh", seed=5)
-    projector = randomize_(torch.nn.Sequential(torch.nn.Linear(VISION["hidden_size"], 64), torch.nn.GELU(),
-                                               torch.nn.Linear(64, 64)), seed=6)
+    config = LLAVA_CONFIG | {"mm_projector_type": projector_type} | settings
+    if projector_type == "aapool_mlp":
+        projector = AvgPoolProjector(config["mm_num_image_tokens"], VISION["hidden_size"], 64)
+    else:
+        projector = torch.nn.Sequential(torch.nn.Linear(VISION["hidden_size"], 64), torch.nn.GELU(),
+                                        torch.nn.Linear(64, 64))
+    randomize_(projector, seed=6)
     state = {k: v for k, v in qwen.state_dict().items() if k != "lm_head.weight"}
     state |= {"model.vision_tower.vision_tower.vision_model." + k.removeprefix("vision_model."): v
               for k, v in tower.state_dict().items()}
     state |= {"model.mm_projector." + k: v for k, v in projector.state_dict().items()}
-    path = str(tmp_path_factory.mktemp("llava_unified") / "mlm-filter-qwen-tiny")
     os.makedirs(path)
     save_sharded(path, {k: v.detach().clone() for k, v in state.items()})
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(qwen.config.to_dict() | LLAVA_CONFIG, f, indent=2)
-    for name in os.listdir(tiny_tokenizer_dir):
-        shutil.copy(os.path.join(tiny_tokenizer_dir, name), path)
-    return path, TorchLlavaQwen(qwen, tower, projector)
+        json.dump(qwen.config.to_dict() | config, f, indent=2)
+    for name in os.listdir(tokenizer_dir):
+        shutil.copy(os.path.join(tokenizer_dir, name), path)
+    return TorchLlavaQwen(qwen, tower, projector, config["mm_vision_select_layer"])
+
+
+@pytest.fixture(scope="module")
+def unified(tmp_path_factory, hf_llm, tiny_tokenizer_dir):
+    """(directory, TorchLlavaQwen): mlp2x_gelu over every patch, features of the second-to-last block."""
+    path = str(tmp_path_factory.mktemp("llava_unified") / "mlm-filter-qwen-tiny")
+    return path, write_unified(path, hf_llm[1], tiny_tokenizer_dir, "mlp2x_gelu")
+
+
+@pytest.fixture(scope="module")
+def unified_pool(tmp_path_factory, hf_llm, tiny_tokenizer_dir):
+    """(directory, TorchLlavaQwen): LLaVA-Unified's MLM-Filter recipe (scripts/mlm_filter/finetune.sh): aapool_mlp,
+    features of the last block; 4x4 tokens from the 7x7 grid (overlapping windows, as 12x12 from 27x27)."""
+    path = str(tmp_path_factory.mktemp("llava_unified_pool") / "mlm-filter-qwen-tiny")
+    return path, write_unified(path, hf_llm[1], tiny_tokenizer_dir, "aapool_mlp", mm_vision_select_layer=-1,
+                               mm_num_image_tokens=16)
 
 
 def with_config(src: str, dst: str, **changes) -> str:
@@ -113,10 +147,21 @@ def with_config(src: str, dst: str, **changes) -> str:
     return dst
 
 
+def import_cli(src: str, out: str, *extra: str) -> int:
+    return convert_main(["import", "--from", "llava-unified", src, "--out", out, "--vision-heads", "4", *extra])
+
+
 @pytest.fixture(scope="module")
 def imported(unified, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ck") / "mlm_filter")
-    assert convert_main(["import", "--from", "llava-unified", unified[0], "--out", out, "--vision-heads", "4"]) == 0
+    assert import_cli(unified[0], out) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def imported_pool(unified_pool, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ck_pool") / "mlm_filter")
+    assert import_cli(unified_pool[0], out) == 0
     return out
 
 
@@ -130,8 +175,10 @@ def test_checkpoint_has_the_upstream_names(unified):
     assert "lm_head.weight" not in names  # tied, as Qwen2.5-1.5B
 
 
-def test_logits_match_the_torch_composition(unified, imported):
-    torch_model = unified[1]
+@pytest.mark.parametrize("source, ckpt, tokens, feature_layer", [("unified", "imported", GRID * GRID, -2),
+                                                                  ("unified_pool", "imported_pool", 16, -1)])
+def test_logits_match_the_torch_composition(request, source, ckpt, tokens, feature_layer):
+    torch_model, imported = request.getfixturevalue(source)[1], request.getfixturevalue(ckpt)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 37, 3), dtype=np.uint8))
     png = io.BytesIO()
     image.save(png, format="PNG")
@@ -142,15 +189,15 @@ def test_logits_match_the_torch_composition(unified, imported):
 
     ids = [5, 17, 3, IMAGE_TOKEN_INDEX, 9, 200, 42, 7]
     theirs = torch_model.logits(ids, theirs_pixels)
-    k, n_img = ids.index(IMAGE_TOKEN_INDEX), GRID * GRID
-    layout = ids[:k] + [0] * n_img + ids[k + 1:]
+    k = ids.index(IMAGE_TOKEN_INDEX)
+    layout = ids[:k] + [0] * tokens + ids[k + 1:]
     n = len(layout)
     batch = {"input_ids": np.array([layout], np.int32), "segment_ids": np.ones((1, n), np.int32),
              "positions": np.arange(n, dtype=np.int32)[None],
-             "image_mask": np.array([[False] * k + [True] * n_img + [False] * (len(ids) - k - 1)]),
+             "image_mask": np.array([[False] * k + [True] * tokens + [False] * (len(ids) - k - 1)]),
              "images": ours_pixels[None, None], "image_valid": np.ones((1, 1), bool)}
     config, params, _ = checkpoint_io.load_params(imported)
-    assert config.tokens_per_image == n_img and config.vision.feature_layer == -2 and config.vision.num_heads == 4
+    assert (config.tokens_per_image, config.vision.feature_layer, config.vision.num_heads) == (tokens, feature_layer, 4)
     ours = np.asarray(vlm_from_params(config, jax.tree.map(np.asarray, params))(batch))[0]
     assert ours.shape == theirs.shape
     assert np.max(np.abs(ours - theirs)) < LOGIT_TOLERANCE
@@ -190,11 +237,12 @@ def test_vision_from_the_tower_directory_is_the_same_import(unified, imported, t
     ({"mm_use_im_start_end": True}, "mm_use_im_start_end=True"),
     ({"mm_vision_select_layer": 0}, "mm_vision_select_layer 0"),
     ({"model_type": "llava_llama"}, "model_type 'llava_llama'"),
+    ({"mm_projector_type": "aapool_mlp", "mm_num_image_tokens": 20}, "mm_num_image_tokens=20"),
 ])
 def test_unsupported_settings_are_refused_in_one_line(unified, tmp_path, capsys, changes, named):
     src = with_config(unified[0], str(tmp_path / "src"), **changes)
     out = str(tmp_path / "ck")
-    assert convert_main(["import", "--from", "llava-unified", src, "--out", out, "--vision-heads", "4"]) == 2
+    assert import_cli(src, out) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and named in err, err
     assert not os.path.exists(out)
@@ -207,21 +255,21 @@ def test_unknown_head_count_is_one_line(unified, tmp_path, capsys):
     assert "\n" not in err and "--vision-heads" in err and not os.path.exists(out)
 
 
-def test_curate_mlm_scores_with_the_imported_filter(unified, imported, tmp_path):
+def test_curate_mlm_scores_with_the_imported_filter(unified_pool, imported_pool, tmp_path):
     """End to end through both CLIs; the written text of a sample is the torch composition's greedy decode."""
     from oq2vl_jax.curate.__main__ import main as curate_main
     root = write_datacomp_shards(str(tmp_path / "dc"))
     out = str(tmp_path / "mlm")
-    assert curate_main(["mlm", "--ckpt", imported, "--shards", os.path.join(root, "00000000.tar"), "--out", out,
+    assert curate_main(["mlm", "--ckpt", imported_pool, "--shards", os.path.join(root, "00000000.tar"), "--out", out,
                         "--tasks", TASK, "--batch-size", "8"]) == 0  # one shard, one batch: one compile
     table = pq.read_table(os.path.join(out, f"00000000_{TASK}.parquet")).to_pydict()
     sample = next(shards_lib.iter_samples(os.path.join(root, "00000000.tar")))
     assert table["key"][0] == sample["key"] and len(table[f"{TASK}_score"]) == 5
 
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(imported, "tokenizer"))
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(imported_pool, "tokenizer"))
     encode = lambda text: tok(text, add_special_tokens=False).input_ids
     ids = mlm_filter.prompt_ids(encode, sample["caption"], TASK, IMAGE_TOKEN_INDEX, encode(" ")[-1])
-    torch_model = unified[1]
+    torch_model = unified_pool[1]
     pixels = torch_model.pixels(Image.open(io.BytesIO(sample["image"])))
     generated = []
     for _ in range(mlm_filter.MAX_NEW_TOKENS):

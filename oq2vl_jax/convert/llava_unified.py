@@ -1,20 +1,25 @@
 """LLaVA-Unified `llava_qwen` checkpoints (the released MLM-Filter models, e.g. `weizhiwang/mlm-filter-qwen2.5-1.5b-
-gpt4o`) -> our VLM with identity pooling (every patch of the tower is one image token). Import only.
+gpt4o`) -> our VLM. Import only.
 
 What LLaVA-Unified (github.com/Victorwz/LLaVA-Unified) builds from such a directory, and so what is read here:
 
 - `llava/model/language_model/llava_qwen.py` `LlavaQwenForCausalLM`: a Qwen2ForCausalLM (`model.embed_tokens`,
   `model.layers.*`, `model.norm`, `lm_head`, tied when config says so; `rope_scaling` forced to None) whose `model`
   also holds, from `llava/model/llava_arch.py` `LlavaMetaModel`:
-  - `mm_projector` (`llava/model/multimodal_projector/builder.py`): `mlp2x_gelu` is Linear(mm_hidden_size, hidden)
-    -> nn.GELU() (exact) -> Linear(hidden, hidden), tensors `model.mm_projector.0.*` / `model.mm_projector.2.*` =
-    our projector fc1 / fc2;
+  - `mm_projector` (`llava/model/multimodal_projector/builder.py`), one of
+    - `mlp2x_gelu`: Linear(mm_hidden_size, hidden) -> nn.GELU() (exact) -> Linear(hidden, hidden) on every patch,
+      tensors `model.mm_projector.{0,2}.*` = our projector fc1 / fc2 with identity pooling (729 tokens);
+    - `aapool_mlp` (`AvgPoolProjector`, what LLaVA-Unified's `scripts/mlm_filter/finetune.sh` trains the Qwen2.5
+      MLM-Filter with): AdaptiveAvgPool2d of the patch grid to sqrt(mm_num_image_tokens) squared, then the same
+      Linear -> GELU -> Linear, tensors `model.mm_projector.mlp_projector.{0,2}.*`: our projector exactly (the
+      reference's projector is the same module), tokens_per_image = mm_num_image_tokens (144 in that script);
   - `vision_tower` (`llava/model/multimodal_encoder/siglip_encoder.py` `SiglipVisionTower`, chosen for any
     `mm_vision_tower` naming "siglip"): the complete transformers SiglipVisionModel, tensors
     `model.vision_tower.vision_tower.vision_model.*`. Features for `mm_vision_select_feature` "patch" are
-    `hidden_states[mm_vision_select_layer]` (-2: the second-to-last block's output; no post-layernorm, no head):
-    all 729 patches of a 384 px image, projected and spliced where the prompt's one image placeholder stands
-    (`IMAGE_TOKEN_INDEX` -200, not a vocabulary token), as our layout does with tokens_per_image = num_patches.
+    `hidden_states[mm_vision_select_layer]` (-1 in the MLM-Filter script: the last block's output, -2 the one
+    before; never the post-layernorm or the head) over the 27 x 27 patches of a 384 px image, projected and spliced
+    where the prompt's one image placeholder stands (`IMAGE_TOKEN_INDEX` -200, not a vocabulary token), as our
+    prompt layout places the image's tokens.
 - Tower weights: `llava/model/builder.py` `load_pretrained_model` calls the tower's `load_model()`, which loads
   `mm_vision_tower` (the hub's SigLIP) itself; the copy in the checkpoint is only used with
   `unfreeze_mm_vision_tower`. With the tower frozen in training (MLM-Filter's recipe) both are the same tensors, so
@@ -46,11 +51,11 @@ from oq2vl_jax.pretrained import hf, importer, tensor_files
 
 MODEL_TYPE = "llava_qwen"
 LLM_PREFIX = "model."
-PROJECTOR_PREFIX = "model.mm_projector."
+PROJECTOR_PREFIX = {"mlp2x_gelu": "model.mm_projector.", "aapool_mlp": "model.mm_projector.mlp_projector."}
 TOWER_PREFIX = "model.vision_tower.vision_tower."  # + SiglipVisionModel's own names (vision_model.*)
 # setting -> (LLaVA-Unified's value when config.json lacks it, the values we represent)
 SETTINGS = {
-    "mm_projector_type": ("linear", ("mlp2x_gelu",)),
+    "mm_projector_type": ("linear", ("mlp2x_gelu", "aapool_mlp")),
     "mm_vision_select_feature": ("patch", ("patch",)),
     "mm_patch_merge_type": ("flat", ("flat",)),
     "image_aspect_ratio": (None, (None, "square", "pad")),
@@ -78,6 +83,12 @@ def check_settings(d: dict, config_path: str) -> int:
         if value not in allowed:
             raise UserError(f"'{config_path}': {key}={value!r}{'' if key in d else ' (its default)'} is not "
                             f"supported (supported: {', '.join(repr(a) for a in allowed)})")
+    if d["mm_projector_type"] == "aapool_mlp":
+        tokens = d.get("mm_num_image_tokens")
+        side = math.isqrt(tokens) if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0 else 0
+        if side * side != tokens:
+            raise UserError(f"'{config_path}': mm_num_image_tokens={tokens!r} is not supported with aapool_mlp (a "
+                            "square n*n: AdaptiveAvgPool2d to n x n)")
     if "mm_vision_select_layer" not in d:
         raise UserError(f"'{config_path}' has no mm_vision_select_layer")
     return d["mm_vision_select_layer"]
@@ -117,8 +128,11 @@ def read(directory: str, *, vision_src: str | None = None, vision_overrides: dic
     # LlavaQwenForCausalLM is a Qwen2ForCausalLM with rope_scaling forced to None.
     llm_cfg = hf.qwen2_config_from_hf({**d, "model_type": "qwen2", "rope_scaling": None}, config_path)
     source = tensor_files.open_hf_weights(directory)
-    if PROJECTOR_PREFIX + "0.weight" not in source:
-        raise UserError(f"{source.where} has no '{PROJECTOR_PREFIX}0.weight': not a LLaVA-Unified checkpoint")
+    projector_type = d["mm_projector_type"]
+    projector_prefix = PROJECTOR_PREFIX[projector_type]
+    if projector_prefix + "0.weight" not in source:
+        raise UserError(f"{source.where} has no '{projector_prefix}0.weight' (mm_projector_type {projector_type}): "
+                        "not a LLaVA-Unified checkpoint of that projector")
     if vision_src is not None:
         vision_cfg, vision, extra, kind = importer.load_vision(vision_src, overrides=overrides, dtype=dtype)
         vision_from = f"vision: {kind} from {vision_src} (as LLaVA-Unified's load_model loads mm_vision_tower)"
@@ -134,13 +148,19 @@ def read(directory: str, *, vision_src: str | None = None, vision_overrides: dic
     if d.get("mm_hidden_size", vision_cfg.width) != vision_cfg.width:
         raise UserError(f"'{config_path}': mm_hidden_size {d['mm_hidden_size']} != the vision tower's width "
                         f"{vision_cfg.width}")
-    config = VLMConfig(vision=vision_cfg, llm=llm_cfg, tokens_per_image=vision_cfg.num_patches)
+    tokens = vision_cfg.num_patches
+    if projector_type == "aapool_mlp":
+        tokens = d["mm_num_image_tokens"]
+        if math.isqrt(tokens) > vision_cfg.grid:
+            raise UserError(f"'{config_path}': mm_num_image_tokens={tokens} pools to more than the tower's "
+                            f"{vision_cfg.grid}x{vision_cfg.grid} patch grid")
+    config = VLMConfig(vision=vision_cfg, llm=llm_cfg, tokens_per_image=tokens)
     config.validate()
     get = source.getter("", dtype)
     llm = hf.qwen2_from_hf(get, llm_cfg, prefix=LLM_PREFIX, lm_head="lm_head.weight")
-    projector = importer.check_projector(hf.projector_from_torch(get, prefix=PROJECTOR_PREFIX), config, directory)
-    description = [f"llava-unified {directory}: llm, projector (mlp2x_gelu); image features from hidden_states"
-                   f"[{layer}], {config.tokens_per_image} tokens per image", vision_from]
+    projector = importer.check_projector(hf.projector_from_torch(get, prefix=projector_prefix), config, directory)
+    description = [f"llava-unified {directory}: llm, projector ({projector_type}); image features from "
+                   f"hidden_states[{layer}], {config.tokens_per_image} tokens per image", vision_from]
     if d.get("image_aspect_ratio") == "pad":
         description.append("note: image_aspect_ratio 'pad' is not applied, as in MLM_Filter's scoring scripts "
                            "(they call the SigLIP image processor directly: bicubic squash)")
