@@ -31,7 +31,7 @@ IMPORT_EXAMPLES = """examples:
       --vision /models/ViT-SO400M-14-SigLIP-384 --tokenizer /models/Qwen2.5-1.5B-Instruct
   # an HF LLaVA directory written by `export --to hf-llava`
   python -m oq2vl_jax.convert import --from hf-llava out/llava --out ckpt/back
-  # a LLaVA-Unified llava_qwen checkpoint, e.g. the released MLM-Filter (SigLIP + mlp2x_gelu, 729 image tokens)
+  # a LLaVA-Unified llava_qwen checkpoint, e.g. the released MLM-Filter (SigLIP + aapool_mlp or mlp2x_gelu)
   python -m oq2vl_jax.convert import --from llava-unified /models/mlm-filter-qwen2.5-1.5b-gpt4o --out ckpt/mlm_filter
 
 Train from the result with --config.init.source=checkpoint --config.init.init_from=ckpt/init."""
