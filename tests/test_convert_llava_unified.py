@@ -275,3 +275,12 @@ def test_curate_mlm_scores_with_the_imported_filter(unified_pool, imported_pool,
     for _ in range(mlm_filter.MAX_NEW_TOKENS):
         generated.append(int(np.argmax(torch_model.logits(ids + generated, pixels)[-1])))
     assert table[f"{TASK}_score"][0] == tok.decode(generated, skip_special_tokens=True)
+
+
+def test_missing_tokenizer_is_one_line_before_reading_weights(unified, tmp_path, capsys):
+    src = str(tmp_path / "src")
+    os.makedirs(src)
+    shutil.copy(os.path.join(unified[0], "config.json"), src)  # no weights either: the tokenizer is checked first
+    assert import_cli(src, str(tmp_path / "ck")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no tokenizer.json" in err and "--tokenizer" in err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 
@@ -136,12 +137,15 @@ def run_import(args) -> list[str]:
         if kind == "hf-llava":
             imported, tok = llava.read(directory)
         else:
+            if not args.tokenizer and not os.path.isfile(os.path.join(directory, "tokenizer.json")):
+                raise UserError(f"'{directory}' has no tokenizer.json; pass --tokenizer DIR (the LLM's tokenizer)")
             imported, tok = llava_unified.read(directory, vision_src=args.vision,
                                                vision_overrides=_vision_overrides(args))
         try:
             return save_imported(imported, args.out, args.tokenizer or tok)
         finally:
-            shutil.rmtree(tok, ignore_errors=True)
+            if tok is not None:
+                shutil.rmtree(tok, ignore_errors=True)
     raise UserError(f"unknown --from kind '{kind}'; choose prismatic, hf-llava or llava-unified")
 
 

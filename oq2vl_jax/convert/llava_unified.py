@@ -115,8 +115,9 @@ def tower_config_from_weights(tower: tensor_files.TensorSource, num_heads: int |
 
 
 def read(directory: str, *, vision_src: str | None = None, vision_overrides: dict | None = None,
-         dtype=np.float32) -> tuple[importer.Imported, str]:
-    """(imported weights, a temporary copy of the directory's tokenizer files); the caller removes the latter."""
+         dtype=np.float32) -> tuple[importer.Imported, str | None]:
+    """(imported weights, a temporary copy of the directory's tokenizer files or None when it has no tokenizer.json);
+    the caller removes the copy."""
     config_path = os.path.join(directory, "config.json")
     d = tensor_files.read_json(config_path, "LLaVA-Unified config")
     layer = check_settings(d, config_path)
@@ -164,8 +165,10 @@ def read(directory: str, *, vision_src: str | None = None, vision_overrides: dic
     if d.get("image_aspect_ratio") == "pad":
         description.append("note: image_aspect_ratio 'pad' is not applied, as in MLM_Filter's scoring scripts "
                            "(they call the SigLIP image processor directly: bicubic squash)")
-    tok_dir = tempfile.mkdtemp(prefix="oq2vl_llava_unified_tok_")
-    tokenizer.copy_files(directory, tok_dir)
+    tok_dir = None
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        tok_dir = tempfile.mkdtemp(prefix="oq2vl_llava_unified_tok_")
+        tokenizer.copy_files(directory, tok_dir)
     llm_hf_config = {k: v for k, v in d.items() if k not in LLAVA_KEYS and not k.startswith("mm_")}
     return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra, description,
                              llm_hf_config), tok_dir
