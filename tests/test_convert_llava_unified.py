@@ -237,6 +237,7 @@ def test_vision_from_the_tower_directory_is_the_same_import(unified, imported, t
     ({"mm_use_im_start_end": True}, "mm_use_im_start_end=True"),
     ({"mm_vision_select_layer": 0}, "mm_vision_select_layer 0"),
     ({"model_type": "llava_llama"}, "model_type 'llava_llama'"),
+    ({"vision_tower_pretrained": ""}, "vision_tower_pretrained marks a LLaVA-NeXT checkpoint"),
     ({"mm_projector_type": "aapool_mlp", "mm_num_image_tokens": 20}, "mm_num_image_tokens=20"),
 ])
 def test_unsupported_settings_are_refused_in_one_line(unified, tmp_path, capsys, changes, named):

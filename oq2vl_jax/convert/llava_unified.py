@@ -75,6 +75,10 @@ def check_settings(d: dict, config_path: str) -> int:
     if d.get("model_type") != MODEL_TYPE:
         raise UserError(f"'{config_path}': model_type {d.get('model_type')!r} is not '{MODEL_TYPE}' (LLaVA-Unified's "
                         "LlavaQwenForCausalLM)")
+    if "vision_tower_pretrained" in d:  # LLaVA-NeXT's initialize_vision_modules always writes it; LLaVA-Unified never
+        raise UserError(f"'{config_path}': vision_tower_pretrained marks a LLaVA-NeXT checkpoint, which is not "
+                        "supported (its SigLIP tower drops the last block and ignores mm_vision_select_layer); "
+                        "LLaVA-Unified only")
     tower = d.get("mm_vision_tower")
     if not isinstance(tower, str) or "siglip" not in tower.lower() or "naflex" in tower.lower():
         raise UserError(f"'{config_path}': mm_vision_tower {tower!r} is not supported (a SigLIP tower only)")
