@@ -225,6 +225,10 @@ def test_vision_from_the_tower_directory_is_the_same_import(unified, imported, t
     assert c1 == c2
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+    # a tower trained with the LLM (unfreeze_mm_vision_tower) is the checkpoint's copy upstream: --vision is refused
+    trained = with_config(unified[0], str(tmp_path / "trained"), unfreeze_mm_vision_tower=True)
+    assert convert_main(["import", "--from", "llava-unified", trained, "--out", str(tmp_path / "x"), "--vision",
+                         tower_dir]) == 2
 
 
 @pytest.mark.parametrize("changes, named", [

@@ -23,7 +23,8 @@ What LLaVA-Unified (github.com/Victorwz/LLaVA-Unified) builds from such a direct
 - Tower weights: `llava/model/builder.py` `load_pretrained_model` calls the tower's `load_model()`, which loads
   `mm_vision_tower` (the hub's SigLIP) itself; the copy in the checkpoint is only used with
   `unfreeze_mm_vision_tower`. With the tower frozen in training (MLM-Filter's recipe) both are the same tensors, so
-  the checkpoint's copy is read unless `vision_src` (that SigLIP, as `--vision`) is given.
+  the checkpoint's copy is read unless `vision_src` (that SigLIP, as `--vision`) is given (refused for a trained
+  tower, whose copy upstream runs).
 - config.json holds no tower config (only `mm_hidden_size`): sizes are read off the weights, the heads from the known
   SigLIP widths (or `num_heads` in `vision_overrides`), GELU tanh and 1e-6 LayerNorm eps as SigLIP's config.
 - Images: MLM_Filter's scoring scripts call the tower's SiglipImageProcessor directly (PIL bicubic squash to 384,
@@ -138,11 +139,14 @@ def read(directory: str, *, vision_src: str | None = None, vision_overrides: dic
     if projector_prefix + "0.weight" not in source:
         raise UserError(f"{source.where} has no '{projector_prefix}0.weight' (mm_projector_type {projector_type}): "
                         "not a LLaVA-Unified checkpoint of that projector")
+    tower = source.under(TOWER_PREFIX)
+    if vision_src is not None and d.get("unfreeze_mm_vision_tower") and tower.names:
+        raise UserError(f"'{config_path}': unfreeze_mm_vision_tower=true: the tower was trained and LLaVA-Unified "
+                        "runs the checkpoint's copy; drop --vision")
     if vision_src is not None:
         vision_cfg, vision, extra, kind = importer.load_vision(vision_src, overrides=overrides, dtype=dtype)
         vision_from = f"vision: {kind} from {vision_src} (as LLaVA-Unified's load_model loads mm_vision_tower)"
     else:
-        tower = source.under(TOWER_PREFIX)
         if not tower.names:
             raise UserError(f"{source.where} holds no vision tower ('{TOWER_PREFIX}*'); pass --vision DIR with the "
                             f"SigLIP tower mm_vision_tower names ({d['mm_vision_tower']})")
