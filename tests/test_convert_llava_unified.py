@@ -1,7 +1,8 @@
-"""`convert import --from llava-unified`: a tiny LLaVA-Unified `llava_qwen` checkpoint (saved from a module tree named
-as LlavaQwenForCausalLM's: a Qwen2ForCausalLM whose `model` holds `vision_tower.vision_tower` = SiglipVisionModel and
-`mm_projector` = Linear -> GELU -> Linear) imports through the CLI and matches a torch composition of the same
-weights; `curate mlm --ckpt` then scores shards with it; unsupported settings are refused with one line."""
+"""`convert import --from llava-unified`: a tiny LLaVA-Unified `llava_qwen` checkpoint (tiny transformers modules
+saved under LlavaQwenForCausalLM's names: a Qwen2ForCausalLM whose `model` holds `vision_tower.vision_tower` =
+SiglipVisionModel and `mm_projector` = `aapool_mlp` or `mlp2x_gelu`) imports through the CLI and matches a torch
+composition of the same weights; `curate mlm --ckpt` then scores shards with it; unsupported settings are refused
+with one line."""
 
 import io
 import json
@@ -165,7 +166,10 @@ def imported_pool(unified_pool, tmp_path_factory):
     return out
 
 
-def test_checkpoint_has_the_upstream_names(unified):
+def test_checkpoint_has_the_upstream_names(unified, unified_pool):
+    with open(os.path.join(unified_pool[0], "model.safetensors.index.json")) as f:
+        assert {"model.mm_projector.mlp_projector.0.weight", "model.mm_projector.mlp_projector.2.bias"} <= set(
+            json.load(f)["weight_map"])
     with open(os.path.join(unified[0], "model.safetensors.index.json")) as f:
         names = set(json.load(f)["weight_map"])
     assert {"model.mm_projector.0.weight", "model.mm_projector.2.bias", "model.embed_tokens.weight",
