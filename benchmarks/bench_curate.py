@@ -31,8 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from oq2vl_jax.curate import select, shards as shards_lib  # noqa: E402
 from oq2vl_jax.curate.siglip_score import Scorer, TextTokenizer  # noqa: E402
-from oq2vl_jax.data import demo, images as images_lib  # noqa: E402
-from oq2vl_jax.data.selection import shard_fingerprint  # noqa: E402
+from oq2vl_jax.data import images as images_lib  # noqa: E402
+from oq2vl_jax.data.sources.selection import shard_fingerprint  # noqa: E402
+from oq2vl_jax.data.sources.webdataset import write_tar_shard  # noqa: E402
+from oq2vl_jax.demo import shapes as demo  # noqa: E402
 from oq2vl_jax.models.presets import PAIR_PRESETS, SiglipTextConfig  # noqa: E402
 
 
@@ -50,7 +52,7 @@ def bench_tiny_scorer(n: int, tmp: str) -> dict:
     root = os.path.join(tmp, "shards")
     per = 128
     for s in range(0, n, per):
-        demo.write_tar_shard(os.path.join(root, f"{s // per:08d}.tar"), [
+        write_tar_shard(os.path.join(root, f"{s // per:08d}.tar"), [
             {"__key__": f"{i:09d}", "jpg": jpeg(rng), "txt": " ".join(rng.choice(["a", "red", "dog", "on", "the",
                                                                                   "street"], 12)),
              "json": {"uid": f"{i:032x}"}} for i in range(s, min(n, s + per))])

@@ -79,7 +79,7 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
         for task, items in loaded:
             print(f"{task.name}: {len(items)} items")
             if items:
-                from oq2vl_jax.evals.prompts import display
+                from oq2vl_jax.evals.kit import display
 
                 for name, req in task.requests(items[0], args.prompt).items():
                     print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {display(req)!r}")
@@ -89,7 +89,7 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
     if process_index == 0:
         _check_run_file(args.out, run)
     if model is None:
-        from oq2vl_jax.evals.model import load_model
+        from oq2vl_jax.evals.checkpoint_model import load_model
 
         model = load_model(args.ckpt)
         process_index, process_count, barrier = model.process_index, model.process_count, model.barrier

@@ -2,7 +2,7 @@
 
 Prints progress lines, the final loss and where the checkpoint landed. With the demo config it first writes the
 synthetic demo data (once, into --workdir or demo.data_dir) and at the end scores how well the model names the
-colour, shape and position of held-out images (oq2vl_jax/evals/demo_attributes.py).
+colour, shape and position of held-out images (oq2vl_jax/demo/attributes.py).
 
 `--dry_run` builds the abstract train state and its shardings on a simulated device count and prints per-device
 memory estimates (oq2vl_jax/training/dry_run.py).
@@ -98,7 +98,7 @@ class _QuietLibraries(std_logging.Filter):
 def _score_demo(config, result, paths: dict, workdir: str) -> None:
     import jax
 
-    from oq2vl_jax.evals import demo_attributes
+    from oq2vl_jax.demo import attributes as demo_attributes
 
     params = jax.device_get(dict(result.state.trainable) | dict(result.state.frozen))
     scores = demo_attributes.attribute_scores(
@@ -112,8 +112,7 @@ def _score_demo(config, result, paths: dict, workdir: str) -> None:
 
 
 def train(config, workdir: str, stop) -> None:
-    from oq2vl_jax.training import checks
-    from oq2vl_jax.training import workdir as workdir_lib
+    from oq2vl_jax.training import checks, workdir as workdir_lib
 
     checks.check_fields(config)  # before the slow imports: a mistake costs a second
     workdir = workdir_lib.check_workdir(workdir)
@@ -121,7 +120,7 @@ def train(config, workdir: str, stop) -> None:
     import jax
 
     from oq2vl_jax import parallel
-    from oq2vl_jax.data import demo_setup, demo_sft
+    from oq2vl_jax.demo import setup as demo_setup, sft as demo_sft
     from oq2vl_jax.training import loop, setup
 
     parallel.initialize_distributed(config.distributed)
@@ -144,7 +143,7 @@ def train(config, workdir: str, stop) -> None:
     if paths is not None and config.demo.score_attributes and scorable:
         _score_demo(config, result, paths, workdir)
     if sft_paths is not None and config.demo_sft.score_answers and scorable:
-        from oq2vl_jax.training.answer_accuracy import report_sft_demo
+        from oq2vl_jax.demo.answers import report_sft_demo
         report_sft_demo(result, config, sft_paths, workdir)
 
 

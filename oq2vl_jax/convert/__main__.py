@@ -106,7 +106,7 @@ def _vision_overrides(args) -> dict:
 
 def _check_tokenizer_early(directory: str | None) -> None:
     """Fails before minutes of weight reading when the tokenizer is unusable."""
-    from oq2vl_jax import tokens
+    from oq2vl_jax.text import tokens
 
     if directory is not None:
         tokens.check_qwen2(tokens.open_tokenizer(directory), directory)

@@ -21,11 +21,10 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax import tokens
-from oq2vl_jax.convert import tokenizer
-from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.pretrained import hf, importer, tensor_files
+from oq2vl_jax.text import tokenizer_files as tokenizer, tokens
 
 # The reference's SFT prompt (qwen2_prompter.py): a fixed system prefix with the first user turn, "assistant\n"
 # glued to the user turn's <|im_end|> (no "\n<|im_start|>"), assistant turns closed by "<|im_end|>\n", messages
@@ -103,7 +102,7 @@ def _tensors(config: VLMConfig, params: dict, extra: dict):
         yield V5["vision"] + "post_layernorm.weight", np.ones(d, np.float32)
         yield V5["vision"] + "post_layernorm.bias", np.zeros(d, np.float32)
     for ours, theirs in (("fc1", "linear_1"), ("fc2", "linear_2")):
-        yield from hf._dense_to_hf(params["projector"][ours], V5["projector"] + theirs)
+        yield from hf.dense_to_hf(params["projector"][ours], V5["projector"] + theirs)
     yield from hf.qwen2_to_hf(params["llm"], cfg.llm, prefix=V5["llm"],
                               lm_head=None if cfg.llm.tie_word_embeddings else V5["lm_head"], consume=True)
 
@@ -191,8 +190,8 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
                         f"{config.tokens_per_image} patches")
     get = source.getter("", dtype)
     projector = importer.check_projector({
-        "fc1": hf._dense_from_hf(get, names["projector"] + "linear_1"),
-        "fc2": hf._dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
+        "fc1": hf.dense_from_hf(get, names["projector"] + "linear_1"),
+        "fc2": hf.dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
     llm = hf.qwen2_from_hf(get, llm_cfg, prefix=names["llm"], lm_head=names["lm_head"])
     tok_dir = tempfile.mkdtemp(prefix="oq2vl_llava_tok_")
     tokenizer.strip_added_token(directory, tok_dir, tokens.IMAGE_TOKEN)

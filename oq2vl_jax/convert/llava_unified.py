@@ -44,11 +44,11 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax.convert import tokenizer
 from oq2vl_jax.convert.llava import feature_layer_from_llava
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
 from oq2vl_jax.pretrained import hf, importer, tensor_files
+from oq2vl_jax.text import tokenizer_files as tokenizer
 
 MODEL_TYPE = "llava_qwen"
 LLM_PREFIX = "model."

@@ -5,7 +5,7 @@ held-out attribute scorer.
 `--config.evals='("demo:limit=32,every=100", "demo_attributes")'`:
 
   NAME      a task of `python -m oq2vl_jax.evaluate` (evals/registry.py), or "demo_attributes" (the demo config's
-            held-out attribute score, evals/demo_attributes.py; off with --config.demo.score_attributes=False)
+            held-out attribute score, demo/attributes.py; off with --config.demo.score_attributes=False)
   every     run every N steps (default: config.train.eval_every; 0 = only at the end of training)
   limit     the first N items (default 64; 0 = all)
   data      the benchmark directory (default for the demo tasks: the demo data directory, WORKDIR/demo_data, or
@@ -161,8 +161,7 @@ class TrainingEvaluators:
         model = None
         for spec in due:
             if spec.name == ATTRIBUTES:
-                from oq2vl_jax.data import demo_setup
-                from oq2vl_jax.evals import demo_attributes
+                from oq2vl_jax.demo import attributes as demo_attributes, setup as demo_setup
 
                 paths = demo_setup.read_marker(self.demo_data_dir)
                 if paths is None or apply is None:
@@ -174,7 +173,7 @@ class TrainingEvaluators:
                     metrics.update({f"eval/{ATTRIBUTES}/{condition}/{a}": 100.0 * v for a, v in values.items()})
                 continue
             if model is None:
-                from oq2vl_jax.evals.model import InferenceModel
+                from oq2vl_jax.evals.checkpoint_model import InferenceModel
                 from oq2vl_jax.inference import VLMInference
 
                 model = InferenceModel(VLMInference(self.model_config, host, self.tokenizer_dir,
