@@ -165,7 +165,7 @@ def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
 
     meta = checkpoint_io.make_meta(vlm_config, stage=stage, train_config=config.to_json_best_effort())
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=bool(config.log.tensorboard))
-    from oq2vl_jax.evals.evaluators import TrainingEvaluators  # config.evals: benchmark / demo evaluators
+    from oq2vl_jax.training.evaluators import TrainingEvaluators  # config.evals: benchmark / demo evaluators
     evaluators = TrainingEvaluators.from_config(
         config, workdir, vlm_config, checkpoint_io.tokenizer_path(checkpointer.directory) or config.data.tokenizer_dir)
     peak = flops_lib.peak_flops_per_device(devices[0].device_kind, float(config.hardware.peak_tflops))
