@@ -48,6 +48,7 @@ class TrainingEvaluators:
         self.specs, self.workdir, self.model_config = specs, workdir, model_config
         self.default_every, self.tokenizer_dir, self.demo_data_dir = default_every, tokenizer_dir, demo_data_dir
         self.compute_dtype, self.demo_row_length, self.image_size = compute_dtype, demo_row_length, image_size
+        self.scores: dict[str, tuple[int, dict]] = {}  # evaluator name -> (step, its scores) of its last run
 
     @classmethod
     def from_config(cls, config, workdir: str, model_config, tokenizer_dir: str) -> "TrainingEvaluators | None":
@@ -102,6 +103,7 @@ class TrainingEvaluators:
                 scores = demo_attributes.attribute_scores(
                     apply, host, paths, self.tokenizer_dir, tokens_per_image=self.model_config.tokens_per_image,
                     row_length=self.demo_row_length, image_size=self.image_size)
+                self.scores[ATTRIBUTES] = (step, scores)
                 for condition, values in scores.items():
                     metrics.update({f"eval/{ATTRIBUTES}/{condition}/{a}": 100.0 * v for a, v in values.items()})
                 continue
