@@ -19,7 +19,7 @@ import sys
 
 from absl import logging
 
-from oq2vl_jax.errors import UserError, report_user_error
+from oq2vl_jax.errors import QuietLibraries, UserError, report_user_error
 
 RUN_FILE = "run.json"
 
@@ -94,16 +94,9 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
                      process_index=process_index, process_count=process_count, barrier=barrier)
 
 
-class _QuietLibraries(std_logging.Filter):
-    """Keeps our INFO lines and every library's warnings; drops library INFO chatter (orbax logs each restore)."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    std_logging.getLogger("absl").addFilter(_QuietLibraries())
+    std_logging.getLogger("absl").addFilter(QuietLibraries())
     logging.set_verbosity(logging.INFO)
     try:
         if argv[:1] == ["compare"]:

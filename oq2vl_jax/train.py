@@ -17,7 +17,6 @@ if __name__ == "__main__":  # before anything slow, so a signal during start-up 
     _STOP = StopSignal().install()
 
 import json  # noqa: E402
-import logging as std_logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
@@ -25,7 +24,7 @@ import sys  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from oq2vl_jax.errors import UserError, report_user_error  # noqa: E402
+from oq2vl_jax.errors import QuietLibraries, UserError, report_user_error  # noqa: E402
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_INTERRUPTED = 130
@@ -88,13 +87,6 @@ def _exit_user_error(message: str) -> None:
     sys.exit(report_user_error(UserError(message)))
 
 
-class _QuietLibraries(std_logging.Filter):
-    """Keeps our INFO lines and every library's warnings; drops library INFO chatter (orbax logs each save)."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname
-
-
 def _score_demo(config, result, paths: dict, workdir: str) -> None:
     """Prints and writes the held-out attribute scores of the final parameters: those the run's evaluators computed
     at its last step (configs/demo.py runs them), else computed here."""
@@ -155,7 +147,7 @@ def train(config, workdir: str, stop) -> None:
 
 def main(argv, flag_values: dict, stop=None) -> None:
     del argv
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logging.get_absl_handler().addFilter(QuietLibraries())
     config, workdir = flag_values["config"].value, os.path.abspath(flag_values["workdir"].value)
     try:
         if flag_values["dry_run"].value:
