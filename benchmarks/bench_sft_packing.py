@@ -8,7 +8,7 @@
    conversation of each batch of 16 as the original's collator does), "ffd" and "ffd_fill", with conversations per
    row (how the original's 128 conversations per update map to rows).
 2. Training, side by side in one process (tiny demo-sized model on CPU, the real pipeline and trainer): the same
-   synthetic SFT conversations (data/demo_sft.py, 64 image tokens per image), one epoch each,
+   synthetic SFT conversations (demo/sft.py, 64 image tokens per image), one epoch each,
      packed:   data.packing="ffd_fill", 512-token rows, rows per update chosen so an update holds ~16 conversations
      unpacked: data.packing="none", rows as long as the longest conversation, 16 rows (= conversations) per update
    Reported: conversations per second (after compilation; each variant runs twice per round (--rounds), in the
@@ -67,9 +67,10 @@ def fill_at_paper_shapes(n: int = 20000, buffer: int = 2048) -> dict:
 def training_comparison(num_conversations: int, workdir: str, rounds: int = 1) -> dict:
     import jax
 
-    from oq2vl_jax.data import chat, demo
-    from oq2vl_jax.data.demo_sft import write_sft_demo
-    from oq2vl_jax.data.tokenizer import load_tokenizer
+    from oq2vl_jax.demo import shapes as demo
+    from oq2vl_jax.demo.sft import write_sft_demo
+    from oq2vl_jax.text import chat
+    from oq2vl_jax.text.tokens import load_tokenizer
     from oq2vl_jax.training import loop, metrics, setup
     from oq2vl_jax.training.host import pipeline_data_factory
     from oq2vl_jax.training.step import make_eval_step

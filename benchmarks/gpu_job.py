@@ -97,8 +97,8 @@ def plan(out: str, *, tiny: bool, variant_spec: str | None = None, rows: int = 2
               (decode,), env=(("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5"),)),
         Stage("evals", (py, "benchmarks/bench_evals.py", *eval_flags, "--json", evals), 150, 300, (evals,)),
         Stage("curate", (py, "benchmarks/bench_curate.py", *curate_flags, "--json", curate), 90, 240, (curate,)),
-        Stage("unit_attention", (py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_attention.py"),
-              60, 120),
+        Stage("unit_attention", (py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                 "tests/models/test_attention.py"), 60, 120),
     ]
     return stages
 
@@ -263,7 +263,7 @@ def main() -> int:
     print(open(os.path.join(out, "table.md")).read())
     if os.path.exists(os.path.join(out, "decode.json")):
         sys.path.insert(0, REPO)
-        from oq2vl_jax import bench_decode
+        from oq2vl_jax.bench import decode as bench_decode
 
         with open(os.path.join(out, "decode.json")) as f:
             print(bench_decode.format_table(json.load(f)))

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSONL of answers to write or resume (batch mode)")
     p.add_argument("--template", default="chat", choices=("chat", "base"),
                    help="chat: the SFT conversation with a generation prompt; base: pre-training `<s> [image] \\n text`")
-    p.add_argument("--chat-format", default="open_qwen2vl", help="chat format of oq2vl_jax.data.chat")
+    p.add_argument("--chat-format", default="open_qwen2vl", help="chat format of oq2vl_jax.text.chat")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)

@@ -9,11 +9,12 @@ import shutil
 import ml_dtypes
 import numpy as np
 
-from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax import checkpoint_io
 from oq2vl_jax.convert import llava, prismatic
-from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.pretrained import hf, importer, tensor_files
+from oq2vl_jax.text import tokens
 
 FORMATS = ("prismatic", "hf-llava", "hf-qwen2")
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16}

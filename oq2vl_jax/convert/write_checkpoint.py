@@ -8,9 +8,10 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax import checkpoint_io
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.pretrained.importer import Imported
+from oq2vl_jax.text import tokens
 
 
 def save_imported(imported: Imported, out_dir: str, tokenizer_dir: str | None) -> list[str]:

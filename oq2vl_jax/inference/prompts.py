@@ -7,10 +7,10 @@ A request is a dict (or a plain string = text only):
   {"messages": [{"role": ..., "content": ...}, ...]}   chat messages (template "chat" only)
 
 Templates:
-  base  the pre-training layout `<s> [image] \\n text` (data/tokenizer.py `caption_document` without its caption and
+  base  the pre-training layout `<s> [image] \\n text` (text/documents.py `caption_document` without its caption and
         `<|im_end|>`); several images: `<s> [image] \\n [image] \\n text`; no image: `<s> text`. With an empty text
         the model continues a caption.
-  chat  the SFT conversation layout with the generation prompt (`oq2vl_jax.data.chat.generation_prompt`, format
+  chat  the SFT conversation layout with the generation prompt (`oq2vl_jax.text.chat.generation_prompt`, format
         "open_qwen2vl" unless another is named); images go before the first user text.
 
 Images are decoded and squash-resized exactly as in training (`data/images.py`: PIL-exact bicubic to the tower's
@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from oq2vl_jax.data import images as image_lib
-from oq2vl_jax.data import tokenizer as tok_lib
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.text import documents as tok_lib
 
 TEMPLATES = ("base", "chat")
 DEFAULT_CHAT_FORMAT = "open_qwen2vl"  # the reference's SFT template (the one the hf-llava export's template writes)
@@ -52,9 +52,9 @@ def load_image(src: Any, image_size: int, where: str = "image") -> np.ndarray:
             if not os.path.isfile(path):
                 raise UserError(f"{where}: image file '{path}' does not exist")
             with open(path, "rb") as f:
-                return image_lib.load_image(f.read(), image_size)[0]
+                return image_lib.decode_image(f.read(), image_size)[0]
         if isinstance(src, (bytes, bytearray)):
-            return image_lib.load_image(bytes(src), image_size)[0]
+            return image_lib.decode_image(bytes(src), image_size)[0]
         if isinstance(src, np.ndarray):
             if src.dtype != np.uint8 or src.ndim != 3 or src.shape[-1] != 3:
                 raise UserError(f"{where}: an image array must be uint8 [H, W, 3], got {src.dtype} {src.shape}")
@@ -83,14 +83,12 @@ def _request_images(request: Mapping) -> list:
 
 def base_document(encoder: tok_lib.TextEncoder, text: str, num_images: int,
                   tokens_per_image: int) -> tok_lib.DocumentLayout:
-    pieces: list = [[encoder.bos_id]]
+    """`<s>` [image] \n [image] \n ... text: the pre-training layout without the caption's end token."""
+    parts: list = []
     for k in range(num_images):
-        if k:
-            pieces.append(encoder.encode("\n"))
-        pieces.append(k)
-    body = ("\n" + text) if num_images else text
-    pieces.append(encoder.encode(tok_lib._escape(body)) if body else [])
-    return tok_lib._layout(pieces, tokens_per_image)
+        parts += ["\n", k] if k else [k]
+    parts.append(("\n" + text) if num_images else text)
+    return tok_lib.prompt_document(encoder, parts, tokens_per_image)
 
 
 def chat_messages(request: Mapping, num_images: int) -> list[dict]:
@@ -120,7 +118,7 @@ def _count_image_parts(messages: Sequence[Mapping]) -> int:
 
 def chat_document(encoder: tok_lib.TextEncoder, messages: list[dict], tokens_per_image: int,
                   chat_format: str = DEFAULT_CHAT_FORMAT, where: str = "request") -> tok_lib.DocumentLayout:
-    from oq2vl_jax.data import chat
+    from oq2vl_jax.text import chat
 
     chat.check_chat_format(chat_format, "chat_format")
     try:

@@ -39,8 +39,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax import checkpoint_io
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.text import tokens
 from oq2vl_jax.training.state import TrainState, merge_params, split_params
 
 ITEMS = ("params", "meta", "opt_state", "train", "data")

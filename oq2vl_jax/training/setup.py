@@ -80,7 +80,7 @@ def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool 
 
 
 def validate_paths(config, check_data: bool = True) -> None:
-    from oq2vl_jax.data.sources import source_path_exists
+    from oq2vl_jax.data.sources.registry import source_path_exists
     if check_data and not config.data.sources:
         raise UserError("data.sources is empty; set e.g. --config.data.sources='({\"kind\": \"webdataset\", "
                         "\"path\": \"/data/shards\"},)' (see oq2vl_jax/data/pipeline.py for the kinds)")
