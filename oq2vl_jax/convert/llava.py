@@ -191,7 +191,20 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     tokenizer.strip_added_token(directory, tok_dir, tokens.IMAGE_TOKEN)
     hf_text = {k: v for k, v in text.items() if k not in ("architectures",)}
     return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra,
-                             [f"hf-llava {directory}"], hf_text), tok_dir
+                             [f"hf-llava {directory}"], hf_text, read_contract(d, config_path)), tok_dir
+
+
+def read_contract(hf_config: dict, where: str):
+    """The prompt contract an export of ours records in config.json (CONTRACT_KEY); any other LLaVA directory is
+    taken to be the original's release (text/contract.py ORIGINAL)."""
+    from oq2vl_jax.text import contract as contract_lib
+
+    record = hf_config.get(CONTRACT_KEY)
+    if record is None:
+        return contract_lib.ORIGINAL
+    if not isinstance(record, dict):
+        raise UserError(f"'{where}': {CONTRACT_KEY} must be an object, got {record!r}")
+    return contract_lib.PromptContract.from_dict(record)
 
 
 class _Prefixed(tensor_files.TensorSource):
