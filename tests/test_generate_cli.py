@@ -14,7 +14,7 @@ from PIL import Image
 
 from inference_fixtures import tiny_config, tiny_tokenizer
 from oq2vl_jax import checkpoint_io, generate
-from oq2vl_jax.text import tokens
+from oq2vl_jax.text import contract as contract_lib, tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +40,8 @@ def ckpt(tmp_path_factory):
     tokens.prepare(tiny_tokenizer(str(root / "tok_src")), tok, vocab_size=config.llm.vocab_size)
     params = jax.tree.map(np.asarray, param_tree(VLM(config, rngs=nnx.Rngs(0))))
     out = str(root / "ckpt")
-    checkpoint_io.save_params(out, params, config, tokenizer_dir=tok)
+    checkpoint_io.save_params(out, params, config, tokenizer_dir=tok,
+                              **checkpoint_io.contract_meta(contract_lib.TRAINED_DEFAULT))
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / "a.png")
     return out
 

@@ -1,0 +1,220 @@
+"""One prompt contract from training to inference to export: for every chat format x label mode x record shape, the
+generation prompt's ids are the training document's ids up to the first token of the answer it asks for, whichever way the request is
+asked (messages with placeholders, messages with image parts, an image given apart from the text), and the exported
+hf-llava chat template + processor give the same ids."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data_fixtures import tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401  (fixtures)
+from oq2vl_jax import checkpoint_io
+from oq2vl_jax.errors import UserError
+from oq2vl_jax.inference import prompts as prompt_lib
+from oq2vl_jax.text import chat, contract as contract_lib, documents as tok_lib
+
+T_IMG = 5
+IMAGE_SIZE = 14
+
+
+def h(text):
+    return {"from": "human", "value": text}
+
+
+def g(text):
+    return {"from": "gpt", "value": text}
+
+
+# LLaVA-format records (the layouts of LLaVA-665k / MAmmoTH-VL and the variants users write)
+SHAPES = {
+    "image_first_newline": [h("<image>\nWhat colour is the shape?"), g("Red.")],
+    "image_first_no_newline": [h("<image>What colour is the shape?"), g("Red.")],
+    "image_mid_text": [h("Look at <image> and name its colour."), g("Red.")],
+    "image_at_end": [h("What colour is this?\n<image>"), g("Red.")],
+    "two_images": [h("<image>\n<image>\nWhich one is bigger?"), g("The first.")],
+    "image_in_later_turn": [h("Hello there."), g("Hi."), h("<image>\nWhat is it?"), g("A cat.")],
+    "text_only": [h("What is two plus two?"), g("Four.")],
+    "multi_turn_history": [h("<image>\nWhat is it?"), g("A cat."), h("What colour is it?"), g("Black.")],
+}
+CONTRACTS = [contract_lib.PromptContract(fmt, mode)
+             for fmt, mode in itertools.product(chat.CHAT_FORMATS, contract_lib.LABEL_MODES)]
+
+
+def _num_images(conv) -> int:
+    return sum(t["value"].count("<image>") for t in conv)
+
+
+def _as_messages(conv) -> list[dict]:
+    """The record without its last answer, as chat messages (what a user asks)."""
+    role = {"human": "user", "gpt": "assistant"}
+    return [{"role": role[t["from"]], "content": t["value"]} for t in conv[:-1]]
+
+
+def _training_prefix(conv, contract, tokenizer, t_img: int) -> tok_lib.DocumentLayout:
+    doc = chat.conversation_document(conv, contract.chat_format, tokenizer, t_img, num_images=_num_images(conv),
+                                     reference_compat=contract.reference_compat).layout
+    assert doc is not None and doc.target_mask.any()
+    mask = doc.target_mask
+    answer_starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
+    first_answer = int(answer_starts[-1])  # the answer to the last user turn: what the prompt asks for
+    starts = tuple(s for s in doc.image_starts if s < first_answer)
+    return tok_lib.DocumentLayout(doc.ids[:first_answer], doc.image_mask[:first_answer], starts)
+
+
+def _images(n: int) -> list[np.ndarray]:
+    return [np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 40 * k, np.uint8) for k in range(n)]
+
+
+def _request_variants(conv) -> dict[str, dict]:
+    """The ways a user asks the same question: messages with `<image>` in string content; messages with image parts
+    (the placeholders of a "<image>\\n" prefix as parts); the first turn's text with its images given apart (the
+    generate CLI's --image + --prompt, VLMInference's {"image", "text"})."""
+    n = _num_images(conv)
+    messages = _as_messages(conv)
+    out = {"placeholders": {"messages": messages, "images": _images(n)}}
+    first = messages[0]["content"]
+    prefix = "<image>" * n + "\n"
+    if n and first.startswith(prefix) and first.count("<image>") == n:
+        text = first[len(prefix):]
+        parts = [{"type": "image"}] * n + [{"type": "text", "text": text}]
+        out["image_parts"] = {"messages": [{**messages[0], "content": parts}] + messages[1:], "images": _images(n)}
+        if len(messages) == 1:
+            out["images_apart"] = {"text": text, "images": _images(n)}
+    if not n and len(messages) == 1:
+        out["text_only"] = {"text": first}
+    return out
+
+
+def _assert_same(prompt: tok_lib.DocumentLayout, want: tok_lib.DocumentLayout, where: str):
+    assert prompt.ids.tolist() == want.ids.tolist(), where
+    assert prompt.image_mask.tolist() == want.image_mask.tolist() and prompt.image_starts == want.image_starts, where
+
+
+@pytest.mark.parametrize("contract", CONTRACTS, ids=lambda c: f"{c.chat_format}-{c.label_mode}")
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_generation_prompt_is_the_training_document_up_to_the_answer(tiny_tokenizer, contract, shape):
+    conv = SHAPES[shape]
+    want = _training_prefix(conv, contract, tiny_tokenizer, T_IMG)
+    encoder = tok_lib.TextEncoder.from_tokenizer(tiny_tokenizer)
+    for name, request in _request_variants(conv).items():
+        built = prompt_lib.build_prompt(request, encoder, template="chat", tokens_per_image=T_IMG,
+                                        image_size=IMAGE_SIZE, contract=contract)
+        _assert_same(built.document, want, f"{shape} asked as {name}")
+
+
+def test_every_shape_is_asked_apart_from_its_images_somewhere():
+    """The --image + --prompt path is covered (not only messages with placeholders)."""
+    asked = {name for conv in SHAPES.values() for name in _request_variants(conv)}
+    assert {"placeholders", "image_parts", "images_apart", "text_only"} <= asked
+
+
+def test_placeholder_in_text_plus_image_is_one_slot(tiny_tokenizer):
+    encoder = tok_lib.TextEncoder.from_tokenizer(tiny_tokenizer)
+    one = prompt_lib.build_prompt({"text": "<image>\nWhat colour?", "images": _images(1)}, encoder, template="chat",
+                                  tokens_per_image=T_IMG, image_size=IMAGE_SIZE)
+    apart = prompt_lib.build_prompt({"text": "What colour?", "images": _images(1)}, encoder, template="chat",
+                                    tokens_per_image=T_IMG, image_size=IMAGE_SIZE)
+    assert one.document.num_images == 1 and one.document.ids.tolist() == apart.document.ids.tolist()
+    with pytest.raises(UserError, match="2 <image> placeholders for 1 images"):
+        prompt_lib.build_prompt({"text": "<image><image>x", "images": _images(1)}, encoder, template="chat",
+                                tokens_per_image=T_IMG, image_size=IMAGE_SIZE)
+    with pytest.raises(UserError, match="1 <image> placeholders for 0 images"):
+        prompt_lib.build_prompt({"text": "<image>x"}, encoder, template="chat", tokens_per_image=T_IMG,
+                                image_size=IMAGE_SIZE)
+
+
+# ------------------------------------------------------------------------------------------ checkpoint records
+def test_checkpoint_contract_record_and_defaults():
+    trained = contract_lib.PromptContract("qwen2.5", "reference_compat")
+    meta = {"format": "oq2vl_jax", **checkpoint_io.contract_meta(trained)}
+    assert checkpoint_io.prompt_contract(meta) == (trained, None)
+    # saved before the record: a trained step's config says it exactly; an import is the original's; else default
+    old_trained = {"train_config": json.dumps({"data": {"chat_format": "qwen2", "label_mode": "default"}})}
+    assert checkpoint_io.prompt_contract(old_trained) == (contract_lib.PromptContract("qwen2", "default"), None)
+    contract, warning = checkpoint_io.prompt_contract({"source": ["prismatic run"]})
+    assert contract == contract_lib.ORIGINAL and "original" in warning
+    contract, warning = checkpoint_io.prompt_contract({})
+    assert contract == contract_lib.TRAINED_DEFAULT and "default" in warning
+    with pytest.raises(UserError, match="unknown chat format"):
+        checkpoint_io.prompt_contract({"data_contract": {"chat_format": "vicuna"}})
+
+
+# ------------------------------------------------------------------------------------------ the real entry points
+def test_vlm_inference_asks_as_training_taught(tiny_tokenizer_dir, tiny_tokenizer):  # noqa: F811
+    """VLMInference.generate/score/candidate_probabilities all build their prompts with `prompts`."""
+    from inference_fixtures import tiny_inference
+
+    vlm = tiny_inference(tiny_tokenizer_dir, 4)
+    conv = SHAPES["image_first_newline"]
+    want = _training_prefix(conv, contract_lib.TRAINED_DEFAULT, tiny_tokenizer, 4)
+    question = conv[0]["value"].removeprefix("<image>\n")
+    image = np.zeros((20, 30, 3), np.uint8)
+    for request in ({"image": image, "text": question}, {"image": image, "text": conv[0]["value"]},
+                    {"image": image, "messages": [{"role": "user", "content": [{"type": "image"},
+                                                                               {"type": "text", "text": question}]}]}):
+        _assert_same(vlm.prompts([request], "chat")[0].document, want, str(request.keys()))
+
+
+def _save_tiny_checkpoint(root, contract):
+    import jax
+    from flax import nnx
+
+    from inference_fixtures import tiny_config
+    from oq2vl_jax.demo.shapes import build_tiny_tokenizer
+    from oq2vl_jax.models.params import param_tree
+    from oq2vl_jax.models.vlm import VLM
+    from oq2vl_jax.text import tokens
+
+    config = tiny_config(4)
+    tok = str(root / "tok")
+    tokens.prepare(build_tiny_tokenizer(str(root / "tok_src")), tok, vocab_size=config.llm.vocab_size)
+    params = jax.tree.map(np.asarray, param_tree(VLM(config, rngs=nnx.Rngs(0))))
+    meta = checkpoint_io.contract_meta(contract) if contract is not None else {}
+    out = str(root / "ckpt")
+    checkpoint_io.save_params(out, params, config, tokenizer_dir=tok, **meta)
+    return out, tok
+
+
+def test_generate_cli_prompt_is_the_training_prefix(tmp_path):
+    """`generate --image X --prompt Q --json` on a checkpoint recording reference_compat: the prompt as the model
+    saw it is the training document's prefix (decoded), and a checkpoint without a record warns once."""
+    from PIL import Image
+
+    from test_generate_cli import run_cli
+    from oq2vl_jax.text import tokens
+
+    contract = contract_lib.PromptContract("open_qwen2vl", "reference_compat")
+    ckpt, tok = _save_tiny_checkpoint(tmp_path, contract)
+    image = str(tmp_path / "a.png")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(image)
+    question = "What colour is the shape?"
+    proc = run_cli("--ckpt", ckpt, "--image", image, "--prompt", question, "--max-new-tokens", "2", "--json")
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr[-2000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    tokenizer = tokens.load_tokenizer(tok)
+    want = _training_prefix([h("<image>\n" + question), g("Red.")], contract, tokenizer, 4)
+    assert answer["prompt"] == prompt_lib.describe(want, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+    assert "<image:4 tokens>What colour" in answer["prompt"]  # the original's dropped "\n"
+    assert answer["prompt_contract"] == contract.to_dict() and len(answer["token_ids"]) == answer["num_tokens"]
+    # --label-mode / label_mode overrides the record: the "\n" the default label mode keeps is back
+    from oq2vl_jax.inference import VLMInference
+
+    vlm = VLMInference.load(ckpt, label_mode="default")
+    assert vlm.contract == contract_lib.TRAINED_DEFAULT and vlm.contract_warning is None
+    built = vlm.prompts([{"image": image, "text": question}], "chat")[0]
+    assert "<image:4 tokens>\nWhat colour" in vlm.describe_prompt(built)
+
+
+def test_checkpoint_without_record_warns(tmp_path):
+    """(the generate CLI prints `contract_warning` as one "warning:" line)"""
+    from oq2vl_jax.inference import VLMInference
+
+    ckpt, _ = _save_tiny_checkpoint(tmp_path, None)
+    vlm = VLMInference.load(ckpt)
+    assert vlm.contract == contract_lib.TRAINED_DEFAULT
+    assert vlm.contract_warning.startswith("the checkpoint does not record its prompt contract")
