@@ -121,9 +121,9 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
     stop_ids = [tok.convert_tokens_to_ids(t) for t in STOP_TOKENS if t in tok.get_vocab()]
     transformers.GenerationConfig(bos_token_id=tok.convert_tokens_to_ids("<s>"), eos_token_id=stop_ids,
                                   pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(out_dir)
-    lines.append(f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
+    lines.extend([f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
                  f"tokens, vision_feature_layer {feature_layer_to_llava(config.vision)}, vision hidden_act "
-                 f"{vision_cfg['hidden_act']}", f"chat template: {contract.describe()}")
+                 f"{vision_cfg['hidden_act']}", f"chat template: {contract.describe()}"])
     return lines
 
 
