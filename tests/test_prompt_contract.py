@@ -218,3 +218,21 @@ def test_checkpoint_without_record_warns(tmp_path):
     vlm = VLMInference.load(ckpt)
     assert vlm.contract == contract_lib.TRAINED_DEFAULT
     assert vlm.contract_warning.startswith("the checkpoint does not record its prompt contract")
+
+
+def test_evaluation_chat_prompt_follows_the_contract(tiny_tokenizer_dir, tiny_tokenizer):  # noqa: F811
+    """`evaluate --prompt chat` (every task's chat request is the user message with `<image>` markers): the prompt
+    the model gets, and the text recorded per item, are the training document's prefix."""
+    from inference_fixtures import tiny_inference
+    from oq2vl_jax.evals.checkpoint_model import InferenceModel
+    from oq2vl_jax.evals.kit import Request
+
+    for contract in (contract_lib.TRAINED_DEFAULT, contract_lib.ORIGINAL):
+        vlm = tiny_inference(tiny_tokenizer_dir, 4, contract=contract)
+        model = InferenceModel(vlm)
+        conv = SHAPES["image_first_newline"]
+        want = _training_prefix(conv, contract, tiny_tokenizer, 4)
+        request = Request(conv[0]["value"], (np.zeros((20, 30, 3), np.uint8),), template="chat")
+        _assert_same(model._prompt(request, "item").document, want, contract.label_mode)
+        assert model.prompt_text(request) == prompt_lib.describe(
+            want, lambda ids: tiny_tokenizer.decode(ids, skip_special_tokens=False))
