@@ -1,6 +1,6 @@
 """The Jinja chat template an hf-llava export carries: the checkpoint's prompt contract (text/contract.py) written
 for `AutoProcessor.apply_chat_template`, so that transformers (and vLLM / SGLang, which read the same template)
-send the model the token ids our `text/chat.py` renderer sends, token for token (tests/test_prompt_contract.py).
+send the model the token ids our `text/chat.py` renderer sends, token for token (tests/convert/test_chat_template.py).
 
 What it renders, per chat format (text/chat.py has the reference strings):
   "open_qwen2vl"  `<s><|im_start|>system\\n{system}<|im_end|>\\n` before the first user turn, user turns

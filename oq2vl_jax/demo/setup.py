@@ -25,42 +25,41 @@ from absl import logging
 from oq2vl_jax.errors import UserError
 
 DEMO_PATHS_FILE = "paths.json"  # the marker: written last, names the demo set's parts relative to the directory
-_MARKER_KEYS = ("train", "eval", "eval_meta", "tokenizer_dir")
+DEMO_KEYS = ("train", "eval", "eval_meta", "tokenizer_dir")
 
 
-def read_marker(data_dir: str) -> dict | None:
-    """The demo paths (absolute) if data_dir holds a complete demo set written by this module, else None."""
+def read_marker(data_dir: str, keys: tuple[str, ...] = DEMO_KEYS) -> dict | None:
+    """The paths (absolute) of a complete set written by `write_marked_dir` into data_dir, else None. The one reader
+    of the demo's markers (the pre-training demo's and the SFT demo's, whose `keys` differ)."""
     try:
         with open(os.path.join(data_dir, DEMO_PATHS_FILE)) as f:
             rel = json.load(f)
     except (OSError, ValueError):
         return None
-    if not isinstance(rel, dict) or any(not isinstance(rel.get(k), str) for k in _MARKER_KEYS):
+    if not isinstance(rel, dict) or any(not isinstance(rel.get(k), str) for k in keys):
         return None
     return {k: os.path.join(data_dir, v) for k, v in rel.items()}
 
 
-def check_demo_dir(data_dir: str) -> None:
+def check_demo_dir(data_dir: str, field: str = "demo.data_dir", keys: tuple[str, ...] = DEMO_KEYS) -> None:
     """Refuses (UserError) a path holding anything this project did not write there."""
     if os.path.lexists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f"demo.data_dir: {data_dir} exists and is not a directory; refusing to replace it (set "
-                        "--config.demo.data_dir to a new or empty directory)")
-    if os.path.isdir(data_dir) and os.listdir(data_dir) and read_marker(data_dir) is None:
-        raise UserError(f"demo.data_dir: {data_dir} is not empty and holds no demo data (no {DEMO_PATHS_FILE}); "
-                        "refusing to write there (set --config.demo.data_dir to a new or empty directory)")
+        raise UserError(f"{field}: {data_dir} exists and is not a directory; refusing to replace it (set "
+                        f"--config.{field} to a new or empty directory)")
+    if os.path.isdir(data_dir) and os.listdir(data_dir) and read_marker(data_dir, keys) is None:
+        raise UserError(f"{field}: {data_dir} is not empty and holds no demo data (no {DEMO_PATHS_FILE}); "
+                        f"refusing to write there (set --config.{field} to a new or empty directory)")
 
 
-def write_demo_dir(data_dir: str, *, num_train: int, num_eval: int, image_size: int, seed: int) -> dict:
-    """Writes the demo set into data_dir (new or empty) atomically; returns its paths."""
-    from oq2vl_jax.demo import shapes as demo
-
-    check_demo_dir(data_dir)
+def write_marked_dir(data_dir: str, write, *, field: str, keys: tuple[str, ...]) -> dict:
+    """Writes a demo set into data_dir (new or empty) atomically: `write(tmp_dir)` returns the set's paths, the marker
+    naming them is written last, then the directory is moved into place. Returns the paths."""
+    check_demo_dir(data_dir, field, keys)
     parent = os.path.dirname(data_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.", suffix=".tmp", dir=parent)
     try:
-        logging.info("demo: writing the synthetic demo dataset to %s", data_dir)
-        paths = demo.write_demo_dataset(tmp, num_train=num_train, num_eval=num_eval, image_size=image_size, seed=seed)
+        paths = write(tmp)
         with open(os.path.join(tmp, DEMO_PATHS_FILE), "w") as f:
             json.dump({k: os.path.relpath(v, tmp) for k, v in paths.items()}, f)
         if os.path.isdir(data_dir):
@@ -69,7 +68,17 @@ def write_demo_dir(data_dir: str, *, num_train: int, num_eval: int, image_size: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory only
         raise
-    return read_marker(data_dir)
+    return read_marker(data_dir, keys)
+
+
+def write_demo_dir(data_dir: str, *, num_train: int, num_eval: int, image_size: int, seed: int) -> dict:
+    """Writes the demo set into data_dir (new or empty) atomically; returns its paths."""
+    from oq2vl_jax.demo import shapes as demo
+
+    logging.info("demo: writing the synthetic demo dataset to %s", data_dir)
+    return write_marked_dir(data_dir, lambda tmp: demo.write_demo_dataset(
+        tmp, num_train=num_train, num_eval=num_eval, image_size=image_size, seed=seed),
+        field="demo.data_dir", keys=DEMO_KEYS)
 
 
 def prepare_demo_data(config, workdir: str) -> dict | None:

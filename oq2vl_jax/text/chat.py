@@ -270,7 +270,7 @@ def generation_prompt(messages: Any, fmt: str, tokenizer, tokens_per_image: int,
     (the original's `get_potential_prompt` rstrips that "\\n", but its evaluation never uses the chat template).
     num_images: the images of the request (None: one per placeholder); images without placeholders go before the
     first user text as in training (`normalize_turns`). Token for token the training document of the same
-    conversation up to its first answer token (tests/test_prompt_contract.py). Raises ConversationError for a
+    conversation up to its first answer token (tests/text/test_contract.py). Raises ConversationError for a
     malformed conversation."""
     encoder = TextEncoder.from_tokenizer(tokenizer)
     system, turns, _ = normalize_turns(messages, num_images, for_generation=True, image_separator=image_separator)

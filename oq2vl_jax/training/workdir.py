@@ -20,7 +20,6 @@ from absl import logging
 from oq2vl_jax.errors import UserError
 
 LOCK_FILE = "train.lock"
-_held: dict[str, int] = {}  # lock path -> nesting depth in this process (the CLI and loop.run both take it)
 
 
 def check_workdir(workdir: str) -> str:
@@ -61,12 +60,9 @@ def _describe(owner: dict) -> str:
 
 
 def acquire(workdir: str) -> str:
-    """Takes WORKDIR/train.lock for this process (re-entrant); returns its path. UserError when another trainer
-    holds it."""
+    """Takes WORKDIR/train.lock for this process; returns its path. UserError when another trainer holds it (a run
+    takes it once, in loop.run: a second take in the same process is refused like any other)."""
     path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
-    if path in _held:
-        _held[path] += 1
-        return path
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     for _ in range(2):
@@ -88,20 +84,15 @@ def acquire(workdir: str) -> str:
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(mine, f)
-        _held[path] = 1
         return path
     raise UserError(f"could not take the lock {path} (another trainer is starting in this workdir?); rerun")
 
 
 def release(path: str) -> None:
-    if path not in _held:
-        return
-    _held[path] -= 1
-    if _held[path] == 0:
-        del _held[path]
-        if _read(path).get("pid") == os.getpid():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+    """Removes the lock if this process holds it."""
+    if _read(path).get("pid") == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 @contextlib.contextmanager
