@@ -5,7 +5,8 @@ tokens (docs/inference.md).
   label_mode        "default": every token of the document is kept; "reference_compat": the original's
                     `tokenizer_image_token` drops the first token after each image of the first user turn (the "\\n"
                     of "<image>\\n", or `<|im_end|>` when the image ends the message; prismatic-vlms/prismatic/
-                    util/... `tokenizer_image_token`, used by its FinetuneDataset) and the rows are one segment
+                    util/data_utils.py `tokenizer_image_token`, used by its FinetuneDataset) and the rows are one
+                    segment
   image_separator   the text between the images of a turn and the text after them when images are given apart from
                     the text (an `--image` with `--prompt`, image parts of a message): "\\n", LLaVA's "<image>\\n"
                     layout (LLaVA-665k, MAmmoTH-VL, our data pipeline's repair of a record without placeholders)
