@@ -104,9 +104,10 @@ def glob(pattern: str) -> list[str]:
 
 def find(directory: str, suffix: str = "") -> list[str]:
     """Every file below a directory (recursive) whose name ends with `suffix`; bucket results are full URIs."""
-    if not is_remote(directory):
-        return [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names
-                if name.endswith(suffix)]
+    if not is_remote(directory):  # glob's rules: hidden files and directories are not listed
+        import glob as glob_lib
+        return [p for p in glob_lib.glob(os.path.join(directory, "**", "*" + suffix), recursive=True)
+                if os.path.isfile(p)]
     fs = filesystem(directory)
     return sorted(_uri(directory, p) for p in fs.find(str(directory)) if p.endswith(suffix))
 
