@@ -65,8 +65,30 @@ def _check_run_file(out_dir: str, run: dict) -> None:
 
 
 def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:
-    """Runs the tasks; `model` is an EvalModel (loaded from --ckpt when None). Returns the summary."""
+    """Runs the tasks; `model` is an EvalModel (loaded from --ckpt when None). Returns the summary.
+
+    --data, --out and --ckpt may be gs:// or s3:// prefixes: the benchmark folders are read from a local copy (made
+    once per object version, storage/local_copy.py); the outputs are written to a local staging directory holding
+    what OUT already has (so a rerun resumes) and copied into the bucket, each file whole, after each task."""
+    from oq2vl_jax.storage import local_copy, paths as storage
+    from oq2vl_jax.storage.mirror import Mirror
+
+    if storage.is_remote(args.data):
+        args.data = local_copy.local_dir(args.data)
+    if not storage.is_remote(args.out) or args.dry_run:
+        return _evaluate(args, model, process_index=process_index, process_count=process_count, barrier=barrier)
+    mirror = Mirror(storage.resolve(args.out), names_to_fetch=None)
+    try:
+        return _evaluate(argparse.Namespace(**{**vars(args), "out": mirror.local_dir}), model,
+                         process_index=process_index, process_count=process_count, barrier=barrier, sync=mirror.sync)
+    finally:
+        mirror.close()
+
+
+def _evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None,
+              sync=lambda: None) -> dict:
     from oq2vl_jax.evals import registry, report, runner
+    from oq2vl_jax.storage import paths as storage
 
     tasks = registry.get_tasks(args.task)
     if args.limit < 0:
@@ -84,7 +106,7 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
                 for name, req in task.requests(items[0], args.prompt).items():
                     print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {display(req)!r}")
         return {}
-    run = {"ckpt": os.path.abspath(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
+    run = {"ckpt": storage.resolve(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
            "limit": args.limit}
     if process_index == 0:
         _check_run_file(args.out, run)
@@ -100,6 +122,8 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
                                   process_index=process_index, process_count=process_count, barrier=barrier)
         records_by_task[task.name] = records
         summary["tasks"][task.name] = runner.summarize(task, items, records)
+        if process_index == 0:
+            sync()
     if process_index == 0:
         report.write_summary(args.out, summary)
         report.write_report(args.out, summary, records_by_task)

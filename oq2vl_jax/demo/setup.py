@@ -11,6 +11,11 @@ The directory is the project's only when it carries the marker `paths.json` writ
 directory without it, or a file at that path, is refused with one line naming it (UserError): nothing the project did
 not create is ever deleted or overwritten. The set is written into a fresh temporary directory beside it and moved in
 place with one rename, so a crash leaves no half-written demo directory.
+
+A bucket (gs://, s3://) data_dir, e.g. the default under a bucket workdir, has no rename: the set is written locally,
+uploaded object by object into the same layout, and the marker is written last; a prefix holding only the demo set's
+own entries (DEMO_ENTRIES) and no marker is an upload cut short, which is written again. Training then reads the shards
+from the bucket; the returned paths (for the attribute score) are local copies of the eval set and the tokenizer.
 """
 
 from __future__ import annotations
@@ -23,25 +28,40 @@ import tempfile
 from absl import logging
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import local_copy, paths as storage
 
 DEMO_PATHS_FILE = "paths.json"  # the marker: written last, names the demo set's parts relative to the directory
 _MARKER_KEYS = ("train", "eval", "eval_meta", "tokenizer_dir")
+DEMO_ENTRIES = ("train", "eval", "eval_attributes.jsonl", "sft", "tokenizer", DEMO_PATHS_FILE)  # demo/shapes.py's
 
 
 def read_marker(data_dir: str) -> dict | None:
     """The demo paths (absolute) if data_dir holds a complete demo set written by this module, else None."""
     try:
-        with open(os.path.join(data_dir, DEMO_PATHS_FILE)) as f:
-            rel = json.load(f)
+        rel = json.loads(storage.read_bytes(storage.join(data_dir, DEMO_PATHS_FILE)))
     except (OSError, ValueError):
         return None
     if not isinstance(rel, dict) or any(not isinstance(rel.get(k), str) for k in _MARKER_KEYS):
         return None
-    return {k: os.path.join(data_dir, v) for k, v in rel.items()}
+    return {k: storage.join(data_dir, v) for k, v in rel.items()}
+
+
+def local_paths(paths: dict) -> dict:
+    """The demo paths on local disk: as they are, or local copies of a bucket set's (storage/local_copy.py)."""
+    return {k: (local_copy.local_file(v) if storage.isfile(v) else local_copy.local_dir(v))
+            if storage.is_remote(v) else v for k, v in paths.items()}
 
 
 def check_demo_dir(data_dir: str) -> None:
     """Refuses (UserError) a path holding anything this project did not write there."""
+    if storage.is_remote(data_dir):
+        if storage.isfile(data_dir):
+            raise UserError(f"demo.data_dir: {data_dir} is an object, not a prefix; refusing to replace it")
+        foreign = [n for n in storage.listdir(data_dir) if n not in DEMO_ENTRIES]
+        if foreign and read_marker(data_dir) is None:
+            raise UserError(f"demo.data_dir: {data_dir} holds {foreign[0]!r} and no demo data (no {DEMO_PATHS_FILE}); "
+                            "refusing to write there (set --config.demo.data_dir to a new or empty prefix)")
+        return
     if os.path.lexists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f"demo.data_dir: {data_dir} exists and is not a directory; refusing to replace it (set "
                         "--config.demo.data_dir to a new or empty directory)")
@@ -55,6 +75,8 @@ def write_demo_dir(data_dir: str, *, num_train: int, num_eval: int, image_size: 
     from oq2vl_jax.demo import shapes as demo
 
     check_demo_dir(data_dir)
+    if storage.is_remote(data_dir):
+        return _write_demo_prefix(data_dir, num_train=num_train, num_eval=num_eval, image_size=image_size, seed=seed)
     parent = os.path.dirname(data_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.", suffix=".tmp", dir=parent)
@@ -72,6 +94,23 @@ def write_demo_dir(data_dir: str, *, num_train: int, num_eval: int, image_size: 
     return read_marker(data_dir)
 
 
+def _write_demo_prefix(data_dir: str, **kwargs) -> dict:
+    """write_demo_dir for a bucket prefix (module docstring): every object uploaded, the marker last."""
+    from oq2vl_jax.demo import shapes as demo
+
+    with tempfile.TemporaryDirectory(prefix="oq2vl_demo_") as tmp:
+        logging.info("demo: writing the synthetic demo dataset to %s", data_dir)
+        paths = demo.write_demo_dataset(tmp, **kwargs)
+        unknown = sorted(set(os.listdir(tmp)) - set(DEMO_ENTRIES))
+        assert not unknown, f"demo/shapes.py writes {unknown}: add them to DEMO_ENTRIES"
+        for name in storage.listdir(data_dir):  # an upload cut short (only DEMO_ENTRIES: check_demo_dir)
+            storage.remove_tree(storage.join(data_dir, name))
+        local_copy.upload_dir(tmp, data_dir)
+        rel = {k: os.path.relpath(v, tmp).replace(os.sep, "/") for k, v in paths.items()}
+    storage.write_text(storage.join(data_dir, DEMO_PATHS_FILE), json.dumps(rel))
+    return read_marker(data_dir)
+
+
 def prepare_demo_data(config, workdir: str) -> dict | None:
     """See the module docstring. Mutates config.data (the trainer's resolved copy)."""
     if "demo" not in config:
@@ -85,7 +124,7 @@ def prepare_demo_data(config, workdir: str) -> dict | None:
         return None
     import jax  # lazy: the data package does not need jax otherwise
 
-    data_dir = os.path.abspath(os.path.expanduser(d.data_dir or os.path.join(workdir, "demo_data")))
+    data_dir = storage.resolve(d.data_dir or storage.join(workdir, "demo_data"))
     check_demo_dir(data_dir)  # on every process, before anything is written
     if jax.process_index() == 0 and read_marker(data_dir) is None:
         write_demo_dir(data_dir, num_train=int(d.num_train), num_eval=int(d.num_eval),
@@ -108,4 +147,4 @@ def prepare_demo_data(config, workdir: str) -> dict | None:
     logging.info("demo: no data.sources given; %s set to the synthetic demo data in %s (set "
                  "--config.data.sources=... to train on your own, or --config.demo.enabled=False)",
                  ", ".join(used), data_dir)
-    return paths
+    return local_paths(paths)

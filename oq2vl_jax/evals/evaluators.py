@@ -135,7 +135,8 @@ class TrainingEvaluators:
             default_dir = config.demo_sft.get("data_dir") or os.path.join(workdir, "sft_data")
         else:
             default_dir = demo.get("data_dir") or os.path.join(workdir, "demo_data")
-        demo_dir = os.path.abspath(os.path.expanduser(default_dir))
+        from oq2vl_jax.storage import paths as storage
+        demo_dir = storage.resolve(default_dir)
         for s in specs:
             if s.name == ATTRIBUTES and "demo" not in config:
                 raise UserError("config.evals: demo_attributes needs the demo config (configs/demo.py)")
@@ -166,6 +167,7 @@ class TrainingEvaluators:
                 paths = demo_setup.read_marker(self.demo_data_dir)
                 if paths is None or apply is None:
                     raise UserError(f"config.evals: demo_attributes needs the demo data in {self.demo_data_dir}")
+                paths = demo_setup.local_paths(paths)
                 scores = demo_attributes.attribute_scores(
                     apply, host, paths, self.tokenizer_dir, tokens_per_image=self.model_config.tokens_per_image,
                     row_length=self.demo_row_length, image_size=self.image_size)

@@ -18,11 +18,14 @@ from oq2vl_jax.storage import paths
 
 
 class Mirror:
-    def __init__(self, remote_dir: str, names_to_fetch: tuple[str, ...] = ()):
-        """A fresh staging directory for `remote_dir`; `names_to_fetch` are downloaded first (to append to them)."""
+    def __init__(self, remote_dir: str, names_to_fetch: tuple[str, ...] | None = ()):
+        """A fresh staging directory for `remote_dir`; `names_to_fetch` are downloaded first (to append to them;
+        None: every file under remote_dir, to resume a run whose outputs are there)."""
         self.remote_dir = remote_dir
         self.local_dir = tempfile.mkdtemp(prefix="oq2vl_bucket_staging_")
         self._synced: dict[str, tuple[int, int]] = {}
+        if names_to_fetch is None:
+            names_to_fetch = tuple(p[len(remote_dir) + 1:] for p in paths.find(remote_dir))
         for name in names_to_fetch:
             remote = paths.join(remote_dir, name)
             if paths.exists(remote):

@@ -250,3 +250,19 @@ def move_tree(src: str, dst: str) -> None:
     fs = filesystem(src)
     fs.copy(str(src), str(dst), recursive=True)
     fs.rm(str(src), recursive=True)
+
+
+def remove_tree(path: str) -> None:
+    """Removes a file or a directory (a bucket prefix: every object under it), if there."""
+    if not is_remote(path):
+        import shutil
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            remove(path)
+        return
+    fs = filesystem(path)
+    try:
+        fs.rm(str(path), recursive=True)
+    except FileNotFoundError:
+        pass
