@@ -16,7 +16,7 @@ from s3_fixtures import bucket, s3_server  # noqa: F401 (fixtures)
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the local index cache lives under ~/.cache
+    monkeypatch.setenv("OQ2VL_CACHE", str(tmp_path / "home"))  # the local index cache
     return str(tmp_path / "home")
 
 
@@ -32,7 +32,7 @@ def test_bucket_source_reads_what_local_disk_reads(tmp_path, bucket, home):
     assert not source_path_exists({"kind": "webdataset", "path": bucket + "/cc/{00000..00009}.tar"})
     remote = WebDatasetSource(spec)
     assert remote.root == bucket + "/cc" and len(remote) == 30 and remote.problems == {}
-    assert remote.index_path.startswith(os.path.join(home, ".cache", "oq2vl_jax", "wds_index"))
+    assert remote.index_path.startswith(os.path.join(home, "wds_index"))
     expected = numbered_samples(30)
     for i in (0, 7, 8, 29):
         parts = remote[i]["documents"][0]["parts"]
@@ -59,7 +59,7 @@ def test_index_published_beside_the_shards_is_reused_by_other_hosts(tmp_path, bu
     _upload(local, bucket + "/cc")
     assert sources_cli.main(["index", bucket + "/cc", "--workers", "1"]) == 0
     assert f"(and {bucket}/cc/oq2vl_index." in capsys.readouterr().out
-    monkeypatch.setenv("HOME", str(tmp_path / "another_host"))
+    monkeypatch.setenv("OQ2VL_CACHE", str(tmp_path / "another_host"))
 
     def no_scan(path):
         raise AssertionError(f"{path} was scanned again")

@@ -19,9 +19,14 @@ from oq2vl_jax.errors import UserError
 from oq2vl_jax.storage import paths
 
 
+def cache_dir(kind: str) -> str:
+    """The project's local cache for `kind` (buckets, wds_index): $OQ2VL_CACHE/<kind>, by default
+    ~/.cache/oq2vl_jax/<kind>."""
+    return os.path.join(os.environ.get("OQ2VL_CACHE") or os.path.expanduser("~/.cache/oq2vl_jax"), kind)
+
+
 def cache_root() -> str:
-    base = os.environ.get("OQ2VL_CACHE") or os.path.expanduser("~/.cache/oq2vl_jax")
-    return os.path.join(base, "buckets")
+    return cache_dir("buckets")
 
 
 def _key(uri: str, listing: list) -> str:

@@ -24,6 +24,8 @@ def source_path_exists(spec: Mapping[str, Any]) -> bool:
     path = spec.get("path") or ""
     if spec.get("kind") == "webdataset":
         return shard_paths.source_path_exists(path)
+    if spec.get("kind") == "parquet" and any(c in str(path) for c in "*?["):  # a glob of parquet files
+        return bool(storage.glob(storage.resolve(path)))
     return storage.exists(storage.resolve(path))
 
 

@@ -12,8 +12,9 @@ different shards of one directory (two single tars, two globs) never share an in
 mtime, so an index is only ever read for exactly the bytes it describes: when a shard changes, is added or removed,
 the name no longer matches and the index is rebuilt (the stale files of that selection are then removed). Each
 process re-checks the fingerprint before it maps the index. The files go next to the shards when that directory is
-writable, else under ~/.cache/oq2vl_jax/wds_index/, or wherever `index_dir` says. Build ahead of time with
-`python -m oq2vl_jax.data.sources index PATH [--workers N]`; otherwise it is built lazily on first use. Which shards a
+writable, else under $OQ2VL_CACHE/wds_index/ (default ~/.cache/oq2vl_jax/wds_index/), or wherever `index_dir` says.
+Build ahead of time with `python -m oq2vl_jax.data.sources index PATH [--workers N]`; otherwise it is built lazily on
+first use. Which shards a
 source reads (directory, .tar, glob, brace range, list) is data/sources/shard_paths.py.
 
 `write_tar_shard` writes a shard in the same layout (atomically); the resharder and the demo use it.
@@ -46,7 +47,7 @@ from oq2vl_jax.data.sources.npy_map import map_npy
 from oq2vl_jax.data.sources.shard_paths import expand_shards
 from oq2vl_jax.data.stats import SKIP_REASONS
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.storage import paths as storage
+from oq2vl_jax.storage import local_copy, paths as storage
 
 IMAGE_EXTS = ("jpg", "png", "jpeg", "webp")  # the reference's webdataset field "jpg;png;jpeg;webp", in that order
 CAPTION_EXT = "txt"
@@ -197,7 +198,7 @@ def _index_dirs(root: str, index_dir: str | None) -> list[str]:
     if index_dir:
         return [os.path.abspath(os.path.expanduser(index_dir))]
     digest = hashlib.sha1(root.encode()).hexdigest()[:16]
-    cache = os.path.join(os.path.expanduser("~/.cache/oq2vl_jax/wds_index"), digest)
+    cache = os.path.join(local_copy.cache_dir("wds_index"), digest)
     return [cache] if storage.is_remote(root) else [root, cache]  # a bucket's copy: _fetch_beside / publish_index
 
 
