@@ -3,7 +3,7 @@
 `s3_server` starts it once per test process on a free port and points the standard AWS environment at it
 (AWS_ENDPOINT_URL, dummy keys, region): every reader of that environment (s3fs, boto, TensorStore through
 oq2vl_jax.storage.orbax_s3, subprocesses started by the test) reaches it, nothing else is configured. `bucket` gives
-each test a fresh bucket. Needs moto[server] and s3fs (the `s3` and `test` extras); skipped with the reason without.
+each test a fresh bucket. Needs moto, flask and s3fs (requirements.txt, the `test` extra).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ _count = itertools.count()
 
 @pytest.fixture(scope="session")
 def s3_server():
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is needed for the bucket tests")
-    pytest.importorskip("s3fs", reason="s3fs (the s3 extra) is needed for the bucket tests")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     env = {**_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
