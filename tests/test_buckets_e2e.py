@@ -1,7 +1,9 @@
 """The demo run entirely in an S3 bucket (a real S3 server, moto, on 127.0.0.1), through the real entry points:
-shards, workdir, checkpoints, metrics, evaluation outputs. Trained from the bucket's shards into a bucket workdir,
-killed (-9), resumed: the losses equal bit for bit those of an uninterrupted run into a local workdir on the same
-shards; then evaluated and exported from the bucket checkpoint."""
+shards, workdir, checkpoints, metrics, evaluation outputs.
+
+CI: the documented commands as typed (train a few steps into a bucket workdir, evaluate and export from its
+checkpoint). Slow: trained from the bucket's shards into a bucket workdir, killed (-9), resumed; the losses equal bit
+for bit those of an uninterrupted run into a local workdir on the same shards; then evaluated and exported."""
 
 import json
 import os
@@ -29,6 +31,32 @@ def _wait_for_step(proc: subprocess.Popen, workdir: str, step: int, timeout: flo
         time.sleep(0.2)
     proc.kill()
     raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def test_demo_in_a_bucket_through_the_documented_entry_points(tmp_path, bucket, monkeypatch, capsys):
+    """docs/training.md's three bucket commands, as typed: train (a few steps), evaluate, export."""
+    from oq2vl_jax import evaluate
+    from oq2vl_jax.convert import __main__ as convert_cli
+    from test_docs_commands import DEMO_FAST
+
+    monkeypatch.setenv("OQ2VL_CACHE", str(tmp_path / "cache"))
+    workdir = f"{bucket}/runs/demo"
+    trained = subprocess.run([sys.executable, "-m", "oq2vl_jax.train", "--config", "configs/demo.py", "--workdir",
+                              workdir, *DEMO_FAST], env=cli_env(), capture_output=True, text=True, timeout=600,
+                             cwd=REPO)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "Traceback" not in trained.stderr and f"checkpoint: {workdir}/checkpoints/2" in trained.stdout
+    assert "held-out attributes, with images" in trained.stdout
+    assert [r["step"] for r in metrics.read_metrics(workdir) if "loss" in r] == [1, 2]
+    assert paths.exists(f"{workdir}/attribute_scores.json") and not paths.exists(f"{workdir}/train.lock")
+
+    assert evaluate.main(["--ckpt", workdir, "--task", "demo", "--data", f"{workdir}/demo_data", "--out",
+                          f"{workdir}/eval", "--limit", "2", "--batch", "2"]) == 0
+    assert json.loads(paths.read_bytes(f"{workdir}/eval/summary.json"))["tasks"]["demo"]["items"] == 2
+    out_dir = str(tmp_path / "qwen2")
+    assert convert_cli.main(["export", "--ckpt", f"{workdir}/checkpoints", "--to", "hf-qwen2", "--out", out_dir]) == 0
+    assert f"read {workdir}/checkpoints step 2" in capsys.readouterr().out
+    assert os.path.isfile(os.path.join(out_dir, "model.safetensors"))
 
 
 @pytest.mark.slow  # four CLI start-ups (~3 minutes on 2 cores)
