@@ -147,7 +147,12 @@ def read_range(path: str, start: int, length: int, version: str | None = None) -
     if path.startswith("s3://") and version:
         return _s3_range(fs, path, start, length, version)
     if path.startswith("gs://") and version:
-        return fs.cat_file(f"{path}#{version}", start=start, end=start + length)  # gcsfs: a pinned generation
+        try:  # gcsfs: that generation of the object (gone once replaced, unless the bucket keeps old versions)
+            return fs.cat_file(str(path), start=start, end=start + length, generation=version)
+        except FileNotFoundError:
+            if exists(path):
+                raise VersionChanged(f"{path} changed (generation {version} is gone)") from None
+            raise
     return fs.cat_file(str(path), start=start, end=start + length)
 
 
