@@ -42,7 +42,7 @@ date -u | tee -a "$OUT/device.txt"
 echo "== attention backends vs xla (B=2, T=4096, 12/2 heads, hd 128, bf16)"
 timeout 180 python3 benchmarks/gpu_check.py $CHECK_FLAGS | tee "$OUT/attention.jsonl"
 echo "== cuDNN unit tests"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tail -3
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/models/test_attention.py 2>&1 | tail -3
 
 IFS=';' read -ra RUNS <<< "${VARIANTS:-$DEFAULT_VARIANTS}"
 for run in "${RUNS[@]}"; do

@@ -19,7 +19,7 @@ import sys
 
 from absl import logging
 
-from oq2vl_jax.errors import UserError, report_user_error
+from oq2vl_jax.errors import QuietLibraries, UserError, report_user_error
 
 RUN_FILE = "run.json"
 
@@ -69,7 +69,8 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
 
     --data, --out and --ckpt may be gs:// or s3:// prefixes: the benchmark folders are read from a local copy (made
     once per object version, storage/local_copy.py); the outputs are written to a local staging directory holding
-    what OUT already has (so a rerun resumes) and copied into the bucket, each file whole, after each task."""
+    what OUT already has (so a rerun resumes) and copied into the bucket, each file whole, when the run ends (also
+    when it stops on an error or Ctrl-C)."""
     from oq2vl_jax.storage import local_copy, paths as storage
     from oq2vl_jax.storage.mirror import Mirror
 
@@ -79,29 +80,25 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
         return _evaluate(args, model, process_index=process_index, process_count=process_count, barrier=barrier)
     mirror = Mirror(storage.resolve(args.out), names_to_fetch=None)
     try:
-        return _evaluate(argparse.Namespace(**{**vars(args), "out": mirror.local_dir}), model,
-                         process_index=process_index, process_count=process_count, barrier=barrier, sync=mirror.sync)
+        staged = argparse.Namespace(**{**vars(args), "out": mirror.local_dir})
+        return _evaluate(staged, model, process_index=process_index, process_count=process_count, barrier=barrier)
     finally:
         mirror.close()
 
 
-def _evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None,
-              sync=lambda: None) -> dict:
-    from oq2vl_jax.evals import registry, report, runner
+def _evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:
+    from oq2vl_jax.evals import registry, suite
     from oq2vl_jax.storage import paths as storage
 
     tasks = registry.get_tasks(args.task)
     if args.limit < 0:
         raise UserError(f"--limit must be >= 0, got {args.limit}")
-    loaded = []
-    for task in tasks:  # every file is checked before any model is loaded
-        items = task.load(args.data)
-        loaded.append((task, items[:args.limit] if args.limit else items))
+    loaded = suite.load(tasks, args.data, args.limit)  # every file is checked before any model is loaded
     if args.dry_run:
         for task, items in loaded:
             print(f"{task.name}: {len(items)} items")
             if items:
-                from oq2vl_jax.evals.prompt_styles import display
+                from oq2vl_jax.evals.kit import display
 
                 for name, req in task.requests(items[0], args.prompt).items():
                     print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {display(req)!r}")
@@ -115,34 +112,13 @@ def _evaluate(args, model=None, *, process_index: int = 0, process_count: int = 
 
         model = load_model(args.ckpt)
         process_index, process_count, barrier = model.process_index, model.process_count, model.barrier
-    summary = {"run": run, "tasks": {}}
-    records_by_task = {}
-    for task, items in loaded:
-        records = runner.run_task(task, items, model, args.out, style=args.prompt, batch=args.batch, seed=args.seed,
-                                  process_index=process_index, process_count=process_count, barrier=barrier)
-        records_by_task[task.name] = records
-        summary["tasks"][task.name] = runner.summarize(task, items, records)
-        if process_index == 0:
-            sync()
-    if process_index == 0:
-        report.write_summary(args.out, summary)
-        report.write_report(args.out, summary, records_by_task)
-        for name, t in summary["tasks"].items():
-            logging.info("%s: strict %.2f, reference %.2f (%d/%d items)", name, t.get("strict", {}).get("score", 0),
-                         t.get("reference", {}).get("score", 0), t["scored"], t["items"])
-    return summary
-
-
-class _QuietLibraries(std_logging.Filter):
-    """Keeps our INFO lines and every library's warnings; drops library INFO chatter (orbax logs each restore)."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname
+    return suite.run(loaded, model, args.out, run_info=run, style=args.prompt, batch=args.batch, seed=args.seed,
+                     process_index=process_index, process_count=process_count, barrier=barrier)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    std_logging.getLogger("absl").addFilter(_QuietLibraries())
+    std_logging.getLogger("absl").addFilter(QuietLibraries())
     logging.set_verbosity(logging.INFO)
     try:
         if argv[:1] == ["compare"]:

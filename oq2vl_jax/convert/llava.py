@@ -71,6 +71,14 @@ def feature_layer_to_llava(cfg) -> int:
     return cfg.num_blocks_run - 1 - cfg.depth
 
 
+def feature_layer_from_llava(layer, what: str) -> int:
+    """LLaVA's index into the tower's hidden_states (0 = the embeddings, i = block i's output, negative from the
+    end) -> our feature_layer (a block index, negative from the end). `what` names the setting in the error."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer == 0:
+        raise UserError(f"{what} {layer!r} is not supported (one block's output: a nonzero integer)")
+    return layer if layer < 0 else layer - 1
+
+
 def check_exportable(config: VLMConfig) -> None:
     if config.tokens_per_image != config.vision.num_patches:
         raise UserError(
@@ -94,7 +102,7 @@ def _tensors(config: VLMConfig, params: dict, extra: dict):
         yield V5["vision"] + "post_layernorm.weight", np.ones(d, np.float32)
         yield V5["vision"] + "post_layernorm.bias", np.zeros(d, np.float32)
     for ours, theirs in (("fc1", "linear_1"), ("fc2", "linear_2")):
-        yield from hf._dense_to_hf(params["projector"][ours], V5["projector"] + theirs)
+        yield from hf.dense_to_hf(params["projector"][ours], V5["projector"] + theirs)
     yield from hf.qwen2_to_hf(params["llm"], cfg.llm, prefix=V5["llm"],
                               lm_head=None if cfg.llm.tie_word_embeddings else V5["lm_head"], consume=True)
 
@@ -166,8 +174,6 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     if d.get("tie_word_embeddings") or text.get("tie_word_embeddings"):
         llm_cfg = dataclasses.replace(llm_cfg, tie_word_embeddings=True)
     layer = d.get("vision_feature_layer", -2)
-    if not isinstance(layer, int) or layer == 0:
-        raise UserError(f"'{config_path}': vision_feature_layer {layer!r} is not supported (one block's output)")
     for key, want in (("vision_feature_select_strategy", "full"), ("projector_hidden_act", "gelu"),
                       ("multimodal_projector_bias", True)):
         if d.get(key, want) != want:
@@ -175,8 +181,8 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     source = tensor_files.open_hf_weights(directory)
     names = _layout(source)
     vision_cfg, vision, extra, _ = importer.vision_from_source(
-        _Prefixed(source, names["vision"]), dtype=dtype, hf_config=d,
-        overrides={"feature_layer": layer if layer < 0 else layer - 1})
+        source.under(names["vision"]), dtype=dtype, hf_config=d,
+        overrides={"feature_layer": feature_layer_from_llava(layer, f"'{config_path}': vision_feature_layer")})
     config = VLMConfig(vision=vision_cfg, llm=llm_cfg, tokens_per_image=vision_cfg.num_patches)
     config.validate()
     if d.get("image_seq_length", config.tokens_per_image) != config.tokens_per_image:
@@ -184,20 +190,12 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
                         f"{config.tokens_per_image} patches")
     get = source.getter("", dtype)
     projector = importer.check_projector({
-        "fc1": hf._dense_from_hf(get, names["projector"] + "linear_1"),
-        "fc2": hf._dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
+        "fc1": hf.dense_from_hf(get, names["projector"] + "linear_1"),
+        "fc2": hf.dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
     llm = hf.qwen2_from_hf(get, llm_cfg, prefix=names["llm"], lm_head=names["lm_head"])
     tok_dir = tempfile.mkdtemp(prefix="oq2vl_llava_tok_")
     tokenizer.strip_added_token(directory, tok_dir, tokens.IMAGE_TOKEN)
     hf_text = {k: v for k, v in text.items() if k not in ("architectures",)}
     return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra,
                              [f"hf-llava {directory}"], hf_text), tok_dir
-
-
-class _Prefixed(tensor_files.TensorSource):
-    """The vision tower's tensors of a LLaVA checkpoint, renamed to HF SigLIP's own names."""
-
-    def __init__(self, source: tensor_files.TensorSource, prefix: str):
-        super().__init__({n[len(prefix):]: (lambda n=n: source.get(n)) for n in source.names if n.startswith(prefix)},
-                         source.where)
 

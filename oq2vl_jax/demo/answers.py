@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oq2vl_jax.data.images import load_image
+from oq2vl_jax.data.images import decode_image
 from oq2vl_jax.text import chat
 from oq2vl_jax.text.documents import TextEncoder
 from oq2vl_jax.text.tokens import load_tokenizer
@@ -72,7 +72,7 @@ def answer_accuracy(result, eval_json: str, image_root: str, tokenizer_dir: str,
         spans.append(answer_spans(doc.target_mask))
         if images:
             with open(os.path.join(image_root, images[0]), "rb") as f:
-                pixels.append(load_image(f.read(), image_size)[0])
+                pixels.append(decode_image(f.read(), image_size)[0])
         else:
             pixels.append(np.zeros((image_size, image_size, 3), np.uint8))
         has_image.append(bool(images))

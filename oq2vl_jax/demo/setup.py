@@ -12,10 +12,11 @@ directory without it, or a file at that path, is refused with one line naming it
 not create is ever deleted or overwritten. The set is written into a fresh temporary directory beside it and moved in
 place with one rename, so a crash leaves no half-written demo directory.
 
-A bucket (gs://, s3://) data_dir, e.g. the default under a bucket workdir, has no rename: the set is written locally,
-uploaded object by object into the same layout, and the marker is written last; a prefix holding only the demo set's
-own entries (DEMO_ENTRIES) and no marker is an upload cut short, which is written again. Training then reads the shards
-from the bucket; the returned paths (for the attribute score) are local copies of the eval set and the tokenizer.
+A bucket (gs://, s3://) data_dir, e.g. the default under a bucket workdir, has no rename: the object PARTIAL_FILE is
+written first, then the set (written locally, uploaded object by object), then the marker, and PARTIAL_FILE is
+removed; a prefix left with PARTIAL_FILE and no marker is an upload cut short, ours to clear and write again. Training
+then reads the shards from the bucket; the returned paths (for the attribute score) are local copies of the eval set
+and the tokenizer (`local_paths`).
 """
 
 from __future__ import annotations
@@ -31,17 +32,18 @@ from oq2vl_jax.errors import UserError
 from oq2vl_jax.storage import local_copy, paths as storage
 
 DEMO_PATHS_FILE = "paths.json"  # the marker: written last, names the demo set's parts relative to the directory
-_MARKER_KEYS = ("train", "eval", "eval_meta", "tokenizer_dir")
-DEMO_ENTRIES = ("train", "eval", "eval_attributes.jsonl", "sft", "tokenizer", DEMO_PATHS_FILE)  # demo/shapes.py's
+DEMO_KEYS = ("train", "eval", "eval_meta", "tokenizer_dir")
+PARTIAL_FILE = ".oq2vl_partial"  # in a bucket: an upload of ours is under way (or was cut short) under this prefix
 
 
-def read_marker(data_dir: str) -> dict | None:
-    """The demo paths (absolute) if data_dir holds a complete demo set written by this module, else None."""
+def read_marker(data_dir: str, keys: tuple[str, ...] = DEMO_KEYS) -> dict | None:
+    """The paths (absolute) of a complete set written by `write_marked_dir` into data_dir, else None. The one reader
+    of the demo's markers (the pre-training demo's and the SFT demo's, whose `keys` differ)."""
     try:
         rel = json.loads(storage.read_bytes(storage.join(data_dir, DEMO_PATHS_FILE)))
     except (OSError, ValueError):
         return None
-    if not isinstance(rel, dict) or any(not isinstance(rel.get(k), str) for k in _MARKER_KEYS):
+    if not isinstance(rel, dict) or any(not isinstance(rel.get(k), str) for k in keys):
         return None
     return {k: storage.join(data_dir, v) for k, v in rel.items()}
 
@@ -52,37 +54,36 @@ def local_paths(paths: dict) -> dict:
             if storage.is_remote(v) else v for k, v in paths.items()}
 
 
-def check_demo_dir(data_dir: str) -> None:
+def check_demo_dir(data_dir: str, field: str = "demo.data_dir", keys: tuple[str, ...] = DEMO_KEYS) -> None:
     """Refuses (UserError) a path holding anything this project did not write there."""
     if storage.is_remote(data_dir):
         if storage.isfile(data_dir):
-            raise UserError(f"demo.data_dir: {data_dir} is an object, not a prefix; refusing to replace it")
-        foreign = [n for n in storage.listdir(data_dir) if n not in DEMO_ENTRIES]
-        if foreign and read_marker(data_dir) is None:
-            raise UserError(f"demo.data_dir: {data_dir} holds {foreign[0]!r} and no demo data (no {DEMO_PATHS_FILE}); "
-                            "refusing to write there (set --config.demo.data_dir to a new or empty prefix)")
+            raise UserError(f"{field}: {data_dir} is an object, not a prefix; refusing to replace it (set "
+                            f"--config.{field} to a new or empty prefix)")
+        entries = storage.listdir(data_dir)
+        if entries and PARTIAL_FILE not in entries and read_marker(data_dir, keys) is None:
+            raise UserError(f"{field}: {data_dir} is not empty and holds no demo data (no {DEMO_PATHS_FILE}); "
+                            f"refusing to write there (set --config.{field} to a new or empty prefix)")
         return
     if os.path.lexists(data_dir) and not os.path.isdir(data_dir):
-        raise UserError(f"demo.data_dir: {data_dir} exists and is not a directory; refusing to replace it (set "
-                        "--config.demo.data_dir to a new or empty directory)")
-    if os.path.isdir(data_dir) and os.listdir(data_dir) and read_marker(data_dir) is None:
-        raise UserError(f"demo.data_dir: {data_dir} is not empty and holds no demo data (no {DEMO_PATHS_FILE}); "
-                        "refusing to write there (set --config.demo.data_dir to a new or empty directory)")
+        raise UserError(f"{field}: {data_dir} exists and is not a directory; refusing to replace it (set "
+                        f"--config.{field} to a new or empty directory)")
+    if os.path.isdir(data_dir) and os.listdir(data_dir) and read_marker(data_dir, keys) is None:
+        raise UserError(f"{field}: {data_dir} is not empty and holds no demo data (no {DEMO_PATHS_FILE}); "
+                        f"refusing to write there (set --config.{field} to a new or empty directory)")
 
 
-def write_demo_dir(data_dir: str, *, num_train: int, num_eval: int, image_size: int, seed: int) -> dict:
-    """Writes the demo set into data_dir (new or empty) atomically; returns its paths."""
-    from oq2vl_jax.demo import shapes as demo
-
-    check_demo_dir(data_dir)
+def write_marked_dir(data_dir: str, write, *, field: str, keys: tuple[str, ...]) -> dict:
+    """Writes a demo set into data_dir (new or empty) atomically: `write(tmp_dir)` returns the set's paths, the marker
+    naming them is written last, then the directory is moved into place. Returns the paths."""
+    check_demo_dir(data_dir, field, keys)
     if storage.is_remote(data_dir):
-        return _write_demo_prefix(data_dir, num_train=num_train, num_eval=num_eval, image_size=image_size, seed=seed)
+        return _write_marked_prefix(data_dir, write, keys=keys)
     parent = os.path.dirname(data_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.", suffix=".tmp", dir=parent)
     try:
-        logging.info("demo: writing the synthetic demo dataset to %s", data_dir)
-        paths = demo.write_demo_dataset(tmp, num_train=num_train, num_eval=num_eval, image_size=image_size, seed=seed)
+        paths = write(tmp)
         with open(os.path.join(tmp, DEMO_PATHS_FILE), "w") as f:
             json.dump({k: os.path.relpath(v, tmp) for k, v in paths.items()}, f)
         if os.path.isdir(data_dir):
@@ -91,24 +92,33 @@ def write_demo_dir(data_dir: str, *, num_train: int, num_eval: int, image_size: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory only
         raise
-    return read_marker(data_dir)
+    return read_marker(data_dir, keys)
 
 
-def _write_demo_prefix(data_dir: str, **kwargs) -> dict:
-    """write_demo_dir for a bucket prefix (module docstring): every object uploaded, the marker last."""
-    from oq2vl_jax.demo import shapes as demo
-
-    with tempfile.TemporaryDirectory(prefix="oq2vl_demo_") as tmp:
-        logging.info("demo: writing the synthetic demo dataset to %s", data_dir)
-        paths = demo.write_demo_dataset(tmp, **kwargs)
-        unknown = sorted(set(os.listdir(tmp)) - set(DEMO_ENTRIES))
-        assert not unknown, f"demo/shapes.py writes {unknown}: add them to DEMO_ENTRIES"
-        for name in storage.listdir(data_dir):  # an upload cut short (only DEMO_ENTRIES: check_demo_dir)
+def _write_marked_prefix(data_dir: str, write, *, keys: tuple[str, ...]) -> dict:
+    """write_marked_dir for a bucket prefix (module docstring): PARTIAL_FILE, the set, the marker, no PARTIAL_FILE."""
+    for name in storage.listdir(data_dir):  # an upload of ours cut short (check_demo_dir): cleared first
+        if name != PARTIAL_FILE:
             storage.remove_tree(storage.join(data_dir, name))
+    partial = storage.join(data_dir, PARTIAL_FILE)
+    storage.write_bytes(partial, b"")
+    with tempfile.TemporaryDirectory(prefix="oq2vl_demo_") as tmp:
+        paths = write(tmp)
         local_copy.upload_dir(tmp, data_dir)
         rel = {k: os.path.relpath(v, tmp).replace(os.sep, "/") for k, v in paths.items()}
     storage.write_text(storage.join(data_dir, DEMO_PATHS_FILE), json.dumps(rel))
-    return read_marker(data_dir)
+    storage.remove(partial)
+    return read_marker(data_dir, keys)
+
+
+def write_demo_dir(data_dir: str, *, num_train: int, num_eval: int, image_size: int, seed: int) -> dict:
+    """Writes the demo set into data_dir (new or empty) atomically; returns its paths."""
+    from oq2vl_jax.demo import shapes as demo
+
+    logging.info("demo: writing the synthetic demo dataset to %s", data_dir)
+    return write_marked_dir(data_dir, lambda tmp: demo.write_demo_dataset(
+        tmp, num_train=num_train, num_eval=num_eval, image_size=image_size, seed=seed),
+        field="demo.data_dir", keys=DEMO_KEYS)
 
 
 def prepare_demo_data(config, workdir: str) -> dict | None:

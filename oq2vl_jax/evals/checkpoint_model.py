@@ -43,15 +43,11 @@ class InferenceModel:
         if r.template == "chat":
             doc = chat.generation_prompt([{"role": "user", "content": r.prompt}], CHAT_FORMAT, self.vlm.encoder,
                                          cfg.tokens_per_image)
-        else:
-            enc = self.vlm.encoder
-            pieces: list = [[enc.bos_id]]
+        else:  # an image block at each marker
+            parts: list = []
             for k, chunk in enumerate(r.prompt.split(IMAGE_MARKER)):
-                if k:
-                    pieces.append(k - 1)
-                if chunk:
-                    pieces.append(enc.encode(tok_lib.escape_image_token(chunk)))
-            doc = tok_lib.layout(pieces, cfg.tokens_per_image)
+                parts += [k - 1, chunk] if k else [chunk]
+            doc = tok_lib.prompt_document(self.vlm.encoder, parts, cfg.tokens_per_image)
         if doc.num_images != len(pixels):
             raise UserError(f"{where}: the prompt has {doc.num_images} image slot(s) for {len(pixels)} image(s)")
         return Prompt(doc, pixels)
@@ -79,7 +75,7 @@ class InferenceModel:
         for cands, idx in groups.items():
             ids = self.vlm.candidate_ids(cands)
             built = [self._prompt(requests[i], f"request {i}") for i in idx]
-            _, probs = self.vlm._score_batch(built, [[ids[0]]] * len(built), ids)
+            _, probs = self.vlm.score_batch(built, [[ids[0]]] * len(built), ids)
             for i, p in zip(idx, probs, strict=True):
                 total = float(sum(p))
                 out[i] = [float(x) / total for x in p]

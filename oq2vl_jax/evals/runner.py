@@ -68,7 +68,7 @@ def _append(path: str, records: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -164,7 +164,7 @@ def run_task(task: Task, items: Sequence[Item], model: EvalModel, out_dir: str, 
         for p in part_paths:
             merged.update({r["id"]: r for r in read_records(p)})
         ordered = [merged[it.id] for it in items if it.id in merged]
-        _write_atomic(main_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+        write_text_atomic(main_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
         for p in part_paths:
             if os.path.exists(p):
                 os.remove(p)

@@ -188,7 +188,7 @@ class VLMInference:
         first = jnp.exp(logp[:, 0])  # the distribution after the prompt: the first generated token's
         return token_logp, jnp.take(first, candidate_ids, axis=-1)
 
-    def _score_batch(self, built: Sequence[prompt_lib.Prompt], continuations: Sequence[Sequence[int]],
+    def score_batch(self, built: Sequence[prompt_lib.Prompt], continuations: Sequence[Sequence[int]],
                      candidate_ids: Sequence[int]):
         docs = []
         for pr, cont in zip(built, continuations):
@@ -227,7 +227,7 @@ class VLMInference:
         sums: list[float] = []
         for start in range(0, len(flat), batch_size):
             part = flat[start:start + batch_size]
-            token_logp, _ = self._score_batch([built[i] for i, _ in part], [ids for _, ids in part], [0])
+            token_logp, _ = self.score_batch([built[i] for i, _ in part], [ids for _, ids in part], [0])
             sums.extend(float(x) for x in token_logp.sum(axis=1))
         out, k = [], 0
         for conts in continuations:
@@ -254,7 +254,7 @@ class VLMInference:
         rows = []
         for start in range(0, len(built), batch_size):
             part = built[start:start + batch_size]
-            _, cand = self._score_batch(part, [[ids[0]]] * len(part), ids)
+            _, cand = self.score_batch(part, [[ids[0]]] * len(part), ids)
             rows.append(cand)
         probs = np.concatenate(rows, axis=0).astype(np.float64)
         return probs / probs.sum(axis=1, keepdims=True)

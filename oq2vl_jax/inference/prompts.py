@@ -52,9 +52,9 @@ def load_image(src: Any, image_size: int, where: str = "image") -> np.ndarray:
             if not os.path.isfile(path):
                 raise UserError(f"{where}: image file '{path}' does not exist")
             with open(path, "rb") as f:
-                return image_lib.load_image(f.read(), image_size)[0]
+                return image_lib.decode_image(f.read(), image_size)[0]
         if isinstance(src, (bytes, bytearray)):
-            return image_lib.load_image(bytes(src), image_size)[0]
+            return image_lib.decode_image(bytes(src), image_size)[0]
         if isinstance(src, np.ndarray):
             if src.dtype != np.uint8 or src.ndim != 3 or src.shape[-1] != 3:
                 raise UserError(f"{where}: an image array must be uint8 [H, W, 3], got {src.dtype} {src.shape}")
@@ -83,14 +83,12 @@ def _request_images(request: Mapping) -> list:
 
 def base_document(encoder: tok_lib.TextEncoder, text: str, num_images: int,
                   tokens_per_image: int) -> tok_lib.DocumentLayout:
-    pieces: list = [[encoder.bos_id]]
+    """`<s>` [image] \n [image] \n ... text: the pre-training layout without the caption's end token."""
+    parts: list = []
     for k in range(num_images):
-        if k:
-            pieces.append(encoder.encode("\n"))
-        pieces.append(k)
-    body = ("\n" + text) if num_images else text
-    pieces.append(encoder.encode(tok_lib.escape_image_token(body)) if body else [])
-    return tok_lib.layout(pieces, tokens_per_image)
+        parts += ["\n", k] if k else [k]
+    parts.append(("\n" + text) if num_images else text)
+    return tok_lib.prompt_document(encoder, parts, tokens_per_image)
 
 
 def chat_messages(request: Mapping, num_images: int) -> list[dict]:

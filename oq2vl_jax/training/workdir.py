@@ -6,7 +6,7 @@ machine) is taken over when it names this host and a pid that no longer runs a p
 cannot be checked from here, so the message says how to remove it once that trainer is known to be gone.
 
 A workdir may be a bucket (gs://, s3://): the lock is then an object created by a conditional PUT (only if no object
-of that name exists: S3 If-None-Match, GCS ifGenerationMatch=0), which of two trainers starting at once exactly one
+of that name exists: S3 If-None-Match, GCS ifGenerationMatch=0), of which of two trainers starting at once exactly one
 wins, as O_EXCL does on a disk (oq2vl_jax/storage/paths.py).
 """
 
@@ -26,7 +26,6 @@ from oq2vl_jax.errors import UserError
 from oq2vl_jax.storage import paths as storage
 
 LOCK_FILE = "train.lock"
-_held: dict[str, int] = {}  # lock path -> nesting depth in this process (the CLI and loop.run both take it)
 
 
 def check_workdir(workdir: str) -> str:
@@ -84,12 +83,9 @@ def _describe(owner: dict) -> str:
 
 
 def acquire(workdir: str) -> str:
-    """Takes WORKDIR/train.lock for this process (re-entrant); returns its path. UserError when another trainer
-    holds it."""
+    """Takes WORKDIR/train.lock for this process; returns its path. UserError when another trainer holds it (a run
+    takes it once, in loop.run: a second take in the same process is refused like any other)."""
     path = storage.join(storage.resolve(workdir), LOCK_FILE)
-    if path in _held:
-        _held[path] += 1
-        return path
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     for _ in range(2):
@@ -106,20 +102,15 @@ def acquire(workdir: str) -> str:
                             _describe(owner) if owner else "an unreadable lock")
             storage.remove(path)
             continue
-        _held[path] = 1
         return path
     raise UserError(f"could not take the lock {path} (another trainer is starting in this workdir?); rerun")
 
 
 def release(path: str) -> None:
-    if path not in _held:
-        return
-    _held[path] -= 1
-    if _held[path] == 0:
-        del _held[path]
-        owner = _read(path)
-        if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-            storage.remove(path)
+    """Removes the lock if this process holds it."""
+    owner = _read(path)
+    if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        storage.remove(path)
 
 
 @contextlib.contextmanager

@@ -335,7 +335,7 @@ def _decode_text(raw: bytes) -> tuple[str, bool]:
 
 
 class WebDatasetSource:
-    """Random-access source over indexed WebDataset shards; `source[i]` is a caption record (see sources.py)."""
+    """Random-access source over indexed WebDataset shards; `source[i]` is a caption record (see __init__.py)."""
 
     def __init__(self, path, *, index_dir: str | None = None, name: str | None = None):
         self.root, self._shards = list_shards(path)

@@ -15,16 +15,16 @@ from __future__ import annotations
 import csv
 import os
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import Item, Request, Task
+from oq2vl_jax.evals import files
+from oq2vl_jax.evals.kit import Item, MultipleChoiceTask, Request, register
 from oq2vl_jax.evals.scorers import choice
 
 PROB_CANDIDATES = ("A", "B", "C", "D")
 
 
-class AI2D(Task):
-    name = "ai2d"
-    description = "AI2D (all questions)"
+@register
+class AI2D(MultipleChoiceTask):
+    name, description = "ai2d", "AI2D (all questions)"
 
     def load(self, data_dir):
         root = os.path.join(data_dir, "ai2d")
@@ -46,11 +46,7 @@ class AI2D(Task):
         return items
 
     def requests(self, item, style):
-        f = item.fields
-        text = f"<image>\n{f['question']}{prompts.option_lines(f['options'])}{prompts.LETTER_SUFFIX}"
-        if style == "reference":
-            text += "\nAnswer:"
-        gen = prompts.request(style, text, item.images)
+        gen = super().requests(item, style)["answer"]
         probs = Request(gen.prompt, gen.images, kind="score", template=gen.template, candidates=PROB_CANDIDATES)
         return {"answer": gen, "probs": probs}
 

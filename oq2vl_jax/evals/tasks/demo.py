@@ -18,10 +18,8 @@ import os
 import re
 
 from oq2vl_jax.demo.shapes import QUESTIONS
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import IMAGE_MARKER, Item, Task
-from oq2vl_jax.evals.scorers import choice
-from oq2vl_jax.evals.scorers.vqa_norm import normalize_answer
+from oq2vl_jax.evals import files
+from oq2vl_jax.evals.kit import IMAGE_MARKER, Item, ShortAnswerTask, register
 
 SFT_DEMO_EVAL = "eval.json"  # the held-out split of demo/sft.py
 _TEMPLATES = [(re.compile("^" + re.sub(r"\\\{\w+\\\}", ".+", re.escape(q)) + "$"), q) for q, _ in QUESTIONS]
@@ -34,9 +32,9 @@ def template_of(question: str) -> str:
     return "other"
 
 
-class DemoVQA(Task):
-    name = "demo"
-    description = "demo shapes VQA"
+@register
+class DemoVQA(ShortAnswerTask):
+    name, description = "demo", "demo shapes VQA"
 
     def load(self, data_dir):
         sft_demo_eval = os.path.join(data_dir, SFT_DEMO_EVAL)
@@ -56,13 +54,3 @@ class DemoVQA(Task):
             items.append(Item(str(rec["id"]), (image,), {"question": question, "answer": turns[1]["value"]},
                               category))
         return items
-
-    def requests(self, item, style):
-        q = item.fields["question"]
-        text = prompts.reference_vqa(q) if style == "reference" else f"<image>\n{q}"
-        return {"answer": prompts.request(style, text, item.images)}
-
-    def score(self, item, outputs, rng):
-        out, gold = outputs["answer"], item.fields["answer"]
-        return {"strict": float(normalize_answer(out) == normalize_answer(gold)),
-                "reference": float(choice.reference_substring(gold, out)), "answer": gold}

@@ -17,14 +17,15 @@ from __future__ import annotations
 import os
 import re
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import IMAGE_MARKER, Item, Task
+from oq2vl_jax.evals import files, kit
+from oq2vl_jax.evals.kit import IMAGE_MARKER, Item, Task, register
 from oq2vl_jax.evals.scorers import choice
 from oq2vl_jax.evals.scorers.vqa_norm import normalize_answer
 
 _OPTION = re.compile(r"^\(([A-Z])\)\s*(.*)$", re.S)
 
 
+@register
 class Mantis(Task):
     name = "mantis"
     description = "Mantis-Eval (multi-image)"
@@ -52,14 +53,14 @@ class Mantis(Task):
             opts = "\n" + "\n".join(f["options"])
             for c in "ABCDE":
                 opts = opts.replace(f"({c})", f"{c}.")
-            text += opts + prompts.LETTER_SUFFIX
+            text += opts + kit.LETTER_SUFFIX
         else:
-            text += prompts.VQA_SUFFIX
+            text += kit.VQA_SUFFIX
         if style == "reference":
             text += "\nAnswer:"
         elif IMAGE_MARKER not in text:
             text = f"{IMAGE_MARKER}\n" * len(item.images) + text
-        return {"answer": prompts.request(style, text, prompts.fit_images(text, item.images))}
+        return {"answer": kit.request(style, text, kit.fit_images(text, item.images))}
 
     def score(self, item, outputs, rng):
         f, out = item.fields, outputs["answer"]

@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 import re
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import Item, Task
+from oq2vl_jax.evals import files, kit
+from oq2vl_jax.evals.kit import Item, Task, register
 from oq2vl_jax.evals.scorers import mmmu_parse
 
 
@@ -80,6 +80,7 @@ def normalize(extraction: str, f: dict) -> str | None:
     return str(extraction)
 
 
+@register
 class MathVista(Task):
     name = "mathvista"
     description = "MathVista testmini (rule-based; no LLM judge)"
@@ -105,13 +106,13 @@ class MathVista(Task):
         f = item.fields
         if style == "chat":
             query = f["query"] or f["question"]  # the published rows all carry a query
-            return {"answer": prompts.request(style, f"<image>\n{query}", item.images, chat_max_new_tokens=64)}
+            return {"answer": kit.request(style, f"<image>\n{query}", item.images, chat_max_new_tokens=64)}
         text = "<image>\n" + f["question"]
         if f["question_type"] == "multi_choice":
-            text += "".join(f"\n{chr(65 + j)}. {c}" for j, c in enumerate(f["choices"])) + prompts.LETTER_SUFFIX
+            text += "".join(f"\n{chr(65 + j)}. {c}" for j, c in enumerate(f["choices"])) + kit.LETTER_SUFFIX
         else:
-            text += prompts.VQA_SUFFIX
-        return {"answer": prompts.request(style, text + "\nAnswer:", item.images)}
+            text += kit.VQA_SUFFIX
+        return {"answer": kit.request(style, text + "\nAnswer:", item.images)}
 
     def score(self, item, outputs, rng):
         f, out = item.fields, outputs["answer"]

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import Item, Task, mean_metrics, percent
+from oq2vl_jax.evals import files
+from oq2vl_jax.evals.kit import IMAGE_MARKER, Item, MultipleChoiceTask, mean_metrics, option_lines, percent, register
 from oq2vl_jax.evals.scorers import choice
 
 CIRCULAR_MOD = 1_000_000
@@ -39,9 +39,9 @@ def mc_items(rows: list[dict], task: str, letters=("A", "B", "C", "D"), *, image
     return items
 
 
-class MMBench(Task):
-    name = "mmbench"
-    description = "MMBench-EN dev"
+@register
+class MMBench(MultipleChoiceTask):
+    name, description = "mmbench", "MMBench-EN dev"
 
     def load(self, data_dir):
         parquet = os.path.join(data_dir, "mmbench", "dev.parquet")
@@ -50,23 +50,16 @@ class MMBench(Task):
             return mc_items(files.read_tsv(tsv, self.name), self.name)
         return mc_items(files.read_parquet(parquet, self.name), self.name)
 
-    def requests(self, item, style):
+    def question_text(self, item, style):
         f = item.fields
-        if style == "reference":
-            opts = "".join(f"\n{c}. {'None' if v is None else v}" for c, v in f["raw_options"].items())
-            text = f"<image>\n{f['question']}{opts}\nAnswer with the option's letter from the given choices directly." \
-                   "\nAnswer:"
-        else:
-            hint = f["hint"] + "\n" if f["hint"] else ""
-            text = f"<image>\n{hint}{f['question']}{prompts.option_lines(f['options'])}{prompts.LETTER_SUFFIX}"
-        return {"answer": prompts.request(style, text, item.images)}
+        if style == "reference":  # all four letters, a missing option as "None"; no hint
+            return f"{IMAGE_MARKER}\n{f['question']}" + "".join(
+                f"\n{c}. {'None' if v is None else v}" for c, v in f["raw_options"].items())
+        hint = f["hint"] + "\n" if f["hint"] else ""
+        return f"{IMAGE_MARKER}\n{hint}{f['question']}{option_lines(f['options'])}"
 
     def score(self, item, outputs, rng):
-        out, f = outputs["answer"], item.fields
-        letter = choice.extract_letter(out, f["options"])
-        return {"strict": float(letter == f["answer"]), "strict_pred": letter,
-                "reference": float(choice.reference_substring(f["answer"], out)), "answer": f["answer"],
-                "group": f["index"] % CIRCULAR_MOD}
+        return super().score(item, outputs, rng) | {"group": item.fields["index"] % CIRCULAR_MOD}
 
     def aggregate(self, records):
         strict = mean_metrics(records, "strict")

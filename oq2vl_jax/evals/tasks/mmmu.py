@@ -19,8 +19,8 @@ import os
 import random
 import re
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import Item, Task
+from oq2vl_jax.evals import files, kit
+from oq2vl_jax.evals.kit import Item, Task, register
 from oq2vl_jax.evals.scorers import mmmu_parse
 
 _MARKER = re.compile(r"<image\s*\d+>")
@@ -37,6 +37,7 @@ def literal_list(value) -> list:
     return list(parsed) if isinstance(parsed, (list, tuple)) else []
 
 
+@register
 class MMMU(Task):
     name = "mmmu"
     description = "MMMU val"
@@ -58,14 +59,14 @@ class MMMU(Task):
         f = item.fields
         body = f["question"]
         if f["mc"]:
-            body += "".join(f"\n{chr(65 + j)}. {o}" for j, o in enumerate(f["options"])) + prompts.LETTER_SUFFIX
+            body += "".join(f"\n{chr(65 + j)}. {o}" for j, o in enumerate(f["options"])) + kit.LETTER_SUFFIX
         else:
-            body += prompts.VQA_SUFFIX
+            body += kit.VQA_SUFFIX
         if style == "reference":
             subject = "".join(" " + w for w in f["subfield"].split("_"))
             body = f"The following are multiple choice questions about {subject}.\n\n{body}\nAnswer:"
         body = _MARKER.sub("<image>\n", body)
-        return {"answer": prompts.request(style, body, prompts.fit_images(body, item.images))}
+        return {"answer": kit.request(style, body, kit.fit_images(body, item.images))}
 
     def score(self, item, outputs, rng):
         f, out = item.fields, outputs["answer"]

@@ -14,9 +14,8 @@ from __future__ import annotations
 import os
 import re
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import Item, Task
-from oq2vl_jax.evals.scorers import choice
+from oq2vl_jax.evals import files
+from oq2vl_jax.evals.kit import IMAGE_MARKER, Item, MultipleChoiceTask, register
 
 _OPTION = re.compile(r"(?:^|[\s,])([A-D])[:.]\s*(.*?)(?=(?:,\s*|\s+)[A-D][:.]\s|$)", re.S)
 
@@ -28,9 +27,10 @@ def options_in_question(question: str) -> dict[str, str]:
     return found or {c: c for c in "ABCD"}
 
 
-class MMStar(Task):
-    name = "mmstar"
-    description = "MMStar val"
+@register
+class MMStar(MultipleChoiceTask):
+    name, description = "mmstar", "MMStar val"
+    reference_case_sensitive = True
 
     def load(self, data_dir):
         rows = files.read_parquet(os.path.join(data_dir, "mmstar", "test.parquet"), self.name)
@@ -42,17 +42,6 @@ class MMStar(Task):
             items.append(Item(str(row.get("index", n)), (image,), fields, str(row.get("category") or "")))
         return items
 
-    def requests(self, item, style):
-        q = item.fields["question"]
-        if style == "reference":
-            text = f"<image>\nQuestion: {q}{prompts.LETTER_SUFFIX}\nAnswer:"
-        else:
-            text = f"<image>\n{q}{prompts.LETTER_SUFFIX}"
-        return {"answer": prompts.request(style, text, item.images)}
-
-    def score(self, item, outputs, rng):
-        out, f = outputs["answer"], item.fields
-        letter = choice.extract_letter(out, f["options"])
-        return {"strict": float(letter == f["answer"]), "strict_pred": letter,
-                "reference": float(choice.reference_substring(f["answer"], out, case_sensitive=True)),
-                "answer": f["answer"]}
+    def question_text(self, item, style):  # the options are inside the question
+        prefix = "Question: " if style == "reference" else ""
+        return f"{IMAGE_MARKER}\n{prefix}{item.fields['question']}"

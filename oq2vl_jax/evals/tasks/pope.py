@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import Item, Task
+from oq2vl_jax.evals import files
+from oq2vl_jax.evals.kit import VQA_SUFFIX, Item, ShortAnswerTask, register
 
 SPLITS = ("adversarial", "popular", "random")
 
@@ -44,9 +44,10 @@ def binary_metrics(preds: list[str], labels: list[str]) -> dict:
             "f1": 100.0 * f1, "yes_ratio": 100.0 * sum(p == "yes" for p in preds) / len(preds), "n": len(labels)}
 
 
-class POPE(Task):
-    name = "pope"
-    description = "POPE (COCO)"
+@register
+class POPE(ShortAnswerTask):
+    name, description = "pope", "POPE (COCO)"
+    chat_suffix = VQA_SUFFIX
 
     def load(self, data_dir):
         root = os.path.join(data_dir, "pope")
@@ -58,11 +59,6 @@ class POPE(Task):
                 items.append(Item(f"{split}-{q['question_id']}", (image,),
                                   {"question": q["text"], "label": q["label"]}, split))
         return items
-
-    def requests(self, item, style):
-        q = item.fields["question"]
-        text = prompts.reference_vqa(q) if style == "reference" else f"<image>\n{q}{prompts.VQA_SUFFIX}"
-        return {"answer": prompts.request(style, text, item.images)}
 
     def score(self, item, outputs, rng):
         out, label = outputs["answer"], item.fields["label"]

@@ -14,14 +14,15 @@ from __future__ import annotations
 import os
 import re
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import Item, Task
+from oq2vl_jax.evals import files, kit
+from oq2vl_jax.evals.kit import Item, Task, register
 from oq2vl_jax.evals.scorers import choice
 from oq2vl_jax.evals.scorers.vqa_norm import normalize_answer
 
 _OPTION_LINE = re.compile(r"^([A-F])\.\s*(.+)$", re.M)
 
 
+@register
 class RealWorldQA(Task):
     name = "realworldqa"
     description = "RealWorldQA"
@@ -40,7 +41,7 @@ class RealWorldQA(Task):
     def requests(self, item, style):
         q = item.fields["question"]
         text = f"<image>\n{q}\nAnswer:" if style == "reference" else f"<image>\n{q}"
-        return {"answer": prompts.request(style, text, item.images)}
+        return {"answer": kit.request(style, text, item.images)}
 
     def score(self, item, outputs, rng):
         f, out = item.fields, outputs["answer"]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 
-from oq2vl_jax.evals import files, prompt_styles as prompts
-from oq2vl_jax.evals.kit import Item, Task, mean_metrics, percent
+from oq2vl_jax.evals import files, kit
+from oq2vl_jax.evals.kit import Item, Task, mean_metrics, percent, register
 from oq2vl_jax.evals.scorers.vqa_norm import soft_accuracy
 
 OCR_MARK = "\nReference OCR token:"
@@ -27,6 +27,7 @@ def harness_clean(output: str) -> str:
     return output.replace("\n", "").replace(".", "").replace(",", "").lower().split("<|endofchunk|>")[0]
 
 
+@register
 class TextVQA(Task):
     name = "textvqa"
     description = "TextVQA val"
@@ -50,9 +51,9 @@ class TextVQA(Task):
     def requests(self, item, style):
         f = item.fields
         if style == "reference":
-            return {"ocr": prompts.request(style, prompts.reference_vqa(f["question_ocr"]), item.images),
-                    "pure": prompts.request(style, prompts.reference_vqa(f["question"]), item.images)}
-        return {"pure": prompts.request(style, f"<image>\n{f['question']}{prompts.VQA_SUFFIX}", item.images)}
+            return {"ocr": kit.request(style, kit.reference_vqa(f["question_ocr"]), item.images),
+                    "pure": kit.request(style, kit.reference_vqa(f["question"]), item.images)}
+        return {"pure": kit.request(style, f"<image>\n{f['question']}{kit.VQA_SUFFIX}", item.images)}
 
     def score(self, item, outputs, rng):
         answers = item.fields["answers"]

@@ -1,0 +1,92 @@
+"""A training workdir in an S3 bucket (a real S3 server, moto): the one-trainer lock by conditional create, metrics
+and TensorBoard copied whole, Orbax checkpoints published by their commit object (a step without it is not a step)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from oq2vl_jax import checkpoint_io
+from oq2vl_jax.errors import UserError
+from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.storage import paths
+from oq2vl_jax.training import metrics, workdir as workdir_lib
+from fixtures.s3 import bucket, s3_server  # noqa: F401 (fixtures)
+
+
+def _owner(pid: int, host: str | None = None) -> bytes:
+    return json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "earlier"}).encode()
+
+
+def test_check_workdir_names_the_problem(bucket):
+    assert workdir_lib.check_workdir(bucket + "/runs/a/") == bucket + "/runs/a"
+    with pytest.raises(UserError, match="not the bucket itself"):
+        workdir_lib.check_workdir(bucket)
+    paths.write_bytes(bucket + "/runs/file", b"x")
+    with pytest.raises(UserError, match="is an object, not a prefix"):
+        workdir_lib.check_workdir(bucket + "/runs/file")
+    with pytest.raises(UserError, match="cannot be written"):
+        workdir_lib.check_workdir("s3://no-such-bucket-oq2vl/runs/a")
+
+
+def test_lock_is_one_conditional_create(bucket):
+    run = bucket + "/runs/a"
+    lock = workdir_lib.acquire(run)
+    assert lock == run + "/train.lock" and json.loads(paths.read_bytes(lock))["pid"] == os.getpid()
+    workdir_lib.release(lock)
+    assert not paths.exists(lock)
+
+    paths.write_bytes(lock, _owner(os.getppid()))  # a live trainer on this host
+    with pytest.raises(UserError, match="another trainer is running in this workdir"):
+        workdir_lib.acquire(run)
+    paths.write_bytes(lock, _owner(os.getppid(), host="other-host"))
+    with pytest.raises(UserError, match="another trainer uses this workdir .* on other-host"):
+        workdir_lib.acquire(run)
+    assert json.loads(paths.read_bytes(lock))["host"] == "other-host"  # never taken from its owner
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    paths.write_bytes(lock, _owner(int(gone.stdout)))  # left by a trainer killed with -9
+    with workdir_lib.locked(run):
+        assert json.loads(paths.read_bytes(lock))["pid"] == os.getpid()  # taken over
+    assert not paths.exists(lock)
+
+
+def test_metrics_are_copied_whole_and_resume_truncates(bucket):
+    run = bucket + "/runs/m"
+    writer = metrics.MetricsWriter(run, enabled=True, tensorboard=True)
+    writer.write({"step": 1, "loss": 2.0})
+    writer.write({"step": 2, "loss": 1.5, "step_time": 0.1})  # a log step: copied to the bucket now
+    assert [r["step"] for r in metrics.read_metrics(run)] == [1, 2]
+    writer.write({"step": 3, "loss": 1.0})
+    writer.close()
+    assert [r["step"] for r in metrics.read_metrics(run)] == [1, 2, 3]
+    assert any(n.startswith("events.out.tfevents") for n in paths.listdir(run + "/tensorboard"))
+    metrics.truncate_metrics(run, 2)  # resuming from the step-2 checkpoint
+    assert [r["step"] for r in metrics.read_metrics(run)] == [1, 2]
+    again = metrics.MetricsWriter(run, enabled=True, tensorboard=False)  # appends after what is there
+    again.write({"step": 3, "loss": 0.9})
+    again.close()
+    assert [(r["step"], r["loss"]) for r in metrics.read_metrics(run)] == [(1, 2.0), (2, 1.5), (3, 0.9)]
+
+
+def test_checkpoint_steps_are_published_by_their_commit_object(bucket, tmp_path):
+    config = _tiny_config()
+    params = {"llm": {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, "vision": {"b": np.ones(3, np.float32)}}
+    ckpt = bucket + "/ckpt"
+    assert checkpoint_io.save_params(ckpt, params, config, step=0) == ckpt + "/0"
+    checkpoint_io.save_params(ckpt, {k: {n: a + 1 for n, a in v.items()} for k, v in params.items()}, config, step=1)
+    assert checkpoint_io.resolve_step(ckpt) == 1
+    _, loaded, meta = checkpoint_io.load_params(ckpt, 0)
+    np.testing.assert_array_equal(loaded["llm"]["w"], params["llm"]["w"])
+    assert meta["format"] == checkpoint_io.FORMAT
+    paths.remove(ckpt + "/1/commit_success.txt")  # as if the writer died before publishing step 1
+    assert checkpoint_io.resolve_step(ckpt) == 0
+
+
+def _tiny_config() -> VLMConfig:
+    from oq2vl_jax.models.presets import llm_preset, vision_preset
+    return VLMConfig(vision=vision_preset("siglip-tiny"), llm=llm_preset("qwen2-tiny"), tokens_per_image=4)
