@@ -57,7 +57,9 @@ def filesystem(path):
     except ImportError:
         raise UserError(f"{path}: reading and writing {scheme}:// paths needs {module}; "
                         f"pip install \"oq2vl_jax[{extra}]\"") from None
-    return fsspec.filesystem(scheme)
+    # no listing cache: the lock, metrics and demo marker are coordination between processes, and a listing made
+    # before another process wrote must never answer a later question
+    return fsspec.filesystem(scheme, use_listings_cache=False)
 
 
 def _uri(path: str, listed: str) -> str:
