@@ -142,7 +142,7 @@ def main() -> None:
             print(f"  {n} thread(s) {place:5s}: {row[place]:9.1f} records/s {mib:8.1f} MiB/s | per record: "
                   f"{sec / args.records * 1e3:.3f} ms wall, client CPU {per_get_client:.3f} ms"
                   + (f", server CPU {per_get_server:.3f} ms" if place == "s3" else "")
-                  + f"  (runs: {', '.join(f'{args.records / r['seconds']:.0f}' for r in runs)})")
+                  + "  (runs: " + ", ".join(f"{args.records / r['seconds']:.0f}" for r in runs) + ")")
         print(f"  {n} thread(s): local / s3 = {row['local'] / row['s3']:.1f}x")
         results[f"ratio_t{n}"] = row["local"] / row["s3"]
     print(f"  1-byte ranged GET: {results['one_byte_get_ms']:.2f} ms (the per-request floor)")
