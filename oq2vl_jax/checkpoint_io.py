@@ -152,8 +152,7 @@ def _restore_host(ckpt_dir: str, step: int, name: str) -> Any:
     from etils import epath
 
     directory = epath.Path(storage.resolve(ckpt_dir)) / str(step) / name
-    if storage.is_remote(ckpt_dir) and str(ckpt_dir).startswith("s3://"):
-        orbax_s3.use_s3_driver()
+    orbax_s3.prepare(directory)
     handler = ocp.PyTreeCheckpointHandler()
     try:
         metadata = handler.metadata(directory)

@@ -69,13 +69,18 @@ def use_s3_driver() -> None:
     _installed = True
 
 
+def prepare(directory) -> None:
+    """Before Orbax reads or writes `directory`: the s3 driver for an s3:// one (a no-op otherwise)."""
+    if str(directory).startswith("s3://"):
+        use_s3_driver()
+
+
 def checkpoint_manager_options(directory: str, **kwargs):
     """`ocp.CheckpointManagerOptions(**kwargs)`, publishing steps by a commit object in a bucket (no rename)."""
     import orbax.checkpoint as ocp
     from orbax.checkpoint._src.path import atomicity
 
     if is_remote(directory):
-        if str(directory).startswith("s3://"):
-            use_s3_driver()
+        prepare(directory)
         kwargs["temporary_path_class"] = atomicity.CommitFileTemporaryPath
     return ocp.CheckpointManagerOptions(**kwargs)

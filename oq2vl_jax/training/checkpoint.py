@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
-import os
 import sys
 from typing import Any, Callable, Mapping, TypeVar
 

@@ -56,8 +56,9 @@ def _check_bucket_workdir(workdir: str) -> str:
         storage.write_bytes(probe, b"")
         storage.remove(probe)
     except OSError as e:
-        raise UserError(f"--workdir {workdir} cannot be written ({' '.join(str(e).split())[:200]}); check the bucket "
-                        "name, AWS_ENDPOINT_URL / credentials (s3://) or application-default credentials (gs://)") from e
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"--workdir {workdir} cannot be written ({reason}); check the bucket name, AWS_ENDPOINT_URL / "
+                        "credentials (s3://) or application-default credentials (gs://)") from e
     return workdir
 
 

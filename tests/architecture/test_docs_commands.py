@@ -103,8 +103,8 @@ COMMANDS = {
     "[--step N] [--with-vision] [--vision SRC] [--mount-path PATH]": CONVERT_EXPORT_HELP,
     # docs/training.md: a workdir in a bucket (run against moto's S3 server)
     "python -m oq2vl_jax.train --config configs/demo.py --workdir s3://my-bucket/runs/demo": BUCKET_RUN,
-    "python -m oq2vl_jax.evaluate --ckpt s3://my-bucket/runs/demo --task demo --data s3://my-bucket/runs/demo/demo_data "
-    "--out s3://my-bucket/runs/demo/eval": BUCKET_RUN,
+    "python -m oq2vl_jax.evaluate --ckpt s3://my-bucket/runs/demo --task demo "
+    "--data s3://my-bucket/runs/demo/demo_data --out s3://my-bucket/runs/demo/eval": BUCKET_RUN,
     "python -m oq2vl_jax.convert export --ckpt s3://my-bucket/runs/demo/checkpoints --to hf-qwen2 --out out/qwen2":
         BUCKET_RUN,
     # docs/data.md

@@ -51,7 +51,8 @@ def test_replaced_object_is_counted_not_misread(tmp_path, bucket, home):
     assert source[0]["skips"] == {"shard_changed": 1} and source[0]["documents"] == []
     assert source[5]["skips"] == {}  # the other shard is unchanged
     assert len(WebDatasetSource(bucket + "/cc")) == 10  # a new fingerprint: indexed again, records of the new object
-    assert WebDatasetSource(bucket + "/cc")[0]["documents"][0]["parts"][1] == ("text", numbered_samples(1, 100)[0]["txt"])
+    replaced = WebDatasetSource(bucket + "/cc")[0]["documents"][0]["parts"][1]
+    assert replaced == ("text", numbered_samples(1, 100)[0]["txt"])
 
 
 def test_index_published_beside_the_shards_is_reused_by_other_hosts(tmp_path, bucket, home, monkeypatch, capsys):
