@@ -70,20 +70,17 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
     --data, --out and --ckpt may be gs:// or s3:// prefixes: the benchmark folders are read from a local copy (made
     once per object version, storage/local_copy.py); the outputs are written to a local staging directory holding
     what OUT already has (so a rerun resumes) and copied into the bucket, each file whole, when the run ends (also
-    when it stops on an error or Ctrl-C)."""
-    from oq2vl_jax.storage import local_copy, paths as storage
-    from oq2vl_jax.storage.mirror import Mirror
+    when it stops on an error or Ctrl-C). A bucket OUT is for one process: several processes share their prediction
+    parts through OUT while they run, which needs a directory they all see."""
+    from oq2vl_jax.storage import local_copy
+    from oq2vl_jax.storage.mirror import staged_dir
 
-    if storage.is_remote(args.data):
-        args.data = local_copy.local_dir(args.data)
-    if not storage.is_remote(args.out) or args.dry_run:
+    args = argparse.Namespace(**{**vars(args), "data": local_copy.local_dir(args.data)})
+    if args.dry_run:
         return _evaluate(args, model, process_index=process_index, process_count=process_count, barrier=barrier)
-    mirror = Mirror(storage.resolve(args.out), names_to_fetch=None)
-    try:
-        staged = argparse.Namespace(**{**vars(args), "out": mirror.local_dir})
-        return _evaluate(staged, model, process_index=process_index, process_count=process_count, barrier=barrier)
-    finally:
-        mirror.close()
+    with staged_dir(args.out) as out:
+        return _evaluate(argparse.Namespace(**{**vars(args), "out": out}), model, process_index=process_index,
+                         process_count=process_count, barrier=barrier)
 
 
 def _evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:

@@ -10,6 +10,7 @@ buffer on a disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -62,3 +63,18 @@ class Mirror:
             self.sync()
         finally:
             shutil.rmtree(self.local_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(path: str):
+    """`with staged_dir(OUT) as out:` a local output directory for OUT: OUT itself when it is local; for a bucket
+    prefix, a staging directory holding what OUT already has (so a rerun resumes), copied back into the bucket when
+    the block ends, however it ends."""
+    if not paths.is_remote(path):
+        yield path
+        return
+    mirror = Mirror(paths.resolve(path), names_to_fetch=None)
+    try:
+        yield mirror.local_dir
+    finally:
+        mirror.close()
