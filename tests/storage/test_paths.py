@@ -5,7 +5,7 @@ import os
 import pytest
 
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.storage import local_copy, paths
+from oq2vl_jax.storage import paths
 from fixtures.s3 import bucket, s3_server  # noqa: F401 (fixtures)
 
 
@@ -55,20 +55,6 @@ def test_read_range_refuses_a_replaced_object(bucket):
     paths.write_bytes(f, b"b" * 100)
     with pytest.raises(paths.VersionChanged):
         paths.read_range(f, 0, 10, version)
-
-
-def test_local_copy_follows_object_versions(bucket, tmp_path, monkeypatch):
-    monkeypatch.setenv("OQ2VL_CACHE", str(tmp_path / "cache"))
-    paths.write_text(bucket + "/tok/vocab.json", "{}")
-    paths.write_text(bucket + "/tok/sub/merges.txt", "a b")
-    first = local_copy.local_dir(bucket + "/tok")
-    assert sorted(os.listdir(first)) == ["sub", "vocab.json"]
-    assert local_copy.local_dir(bucket + "/tok") == first  # unchanged: the same copy
-    paths.write_text(bucket + "/tok/vocab.json", '{"a": 1}')
-    second = local_copy.local_dir(bucket + "/tok")
-    assert second != first and open(os.path.join(second, "vocab.json")).read() == '{"a": 1}'
-    with pytest.raises(UserError, match="holds no files"):
-        local_copy.local_dir(bucket + "/nothing")
 
 
 def test_missing_extra_is_one_line(monkeypatch):

@@ -1,6 +1,5 @@
 """A training workdir in an S3 bucket (a real S3 server, moto): the one-trainer lock by conditional create, metrics
-and TensorBoard copied whole, Orbax checkpoints published by their commit object (a step without it is not a step),
-and the loop resuming a crashed run from the bucket bit-exactly."""
+and TensorBoard copied whole, and the loop resuming a crashed run from the bucket bit-exactly."""
 
 import json
 import os
@@ -8,12 +7,9 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from oq2vl_jax import checkpoint_io
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.models.presets import VLMConfig
 from oq2vl_jax.storage import paths
 from oq2vl_jax.training import metrics, workdir as workdir_lib
 from fixtures.s3 import bucket, s3_server  # noqa: F401 (fixtures)
@@ -73,25 +69,6 @@ def test_metrics_are_copied_whole_and_resume_truncates(bucket):
     again.write({"step": 3, "loss": 0.9})
     again.close()
     assert [(r["step"], r["loss"]) for r in metrics.read_metrics(run)] == [(1, 2.0), (2, 1.5), (3, 0.9)]
-
-
-def test_checkpoint_steps_are_published_by_their_commit_object(bucket, tmp_path):
-    config = _tiny_config()
-    params = {"llm": {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, "vision": {"b": np.ones(3, np.float32)}}
-    ckpt = bucket + "/ckpt"
-    assert checkpoint_io.save_params(ckpt, params, config, step=0) == ckpt + "/0"
-    checkpoint_io.save_params(ckpt, {k: {n: a + 1 for n, a in v.items()} for k, v in params.items()}, config, step=1)
-    assert checkpoint_io.resolve_step(ckpt) == 1
-    _, loaded, meta = checkpoint_io.load_params(ckpt, 0)
-    np.testing.assert_array_equal(loaded["llm"]["w"], params["llm"]["w"])
-    assert meta["format"] == checkpoint_io.FORMAT
-    paths.remove(ckpt + "/1/commit_success.txt")  # as if the writer died before publishing step 1
-    assert checkpoint_io.resolve_step(ckpt) == 0
-
-
-def _tiny_config() -> VLMConfig:
-    from oq2vl_jax.models.presets import llm_preset, vision_preset
-    return VLMConfig(vision=vision_preset("siglip-tiny"), llm=llm_preset("qwen2-tiny"), tokens_per_image=4)
 
 
 class CrashingIterator(SyntheticIterator):
