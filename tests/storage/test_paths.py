@@ -46,6 +46,11 @@ def test_create_exclusive_has_one_winner(root):
     assert paths.create_exclusive(lock, b"first")
     assert not paths.create_exclusive(lock, b"second")
     assert paths.read_bytes(lock) == b"first"
+    from concurrent.futures import ThreadPoolExecutor
+    race = paths.join(root, "race")
+    with ThreadPoolExecutor(8) as pool:  # eight creators at once: exactly one wins, whatever the timing
+        won = list(pool.map(lambda i: paths.create_exclusive(race, str(i).encode()), range(8)))
+    assert won.count(True) == 1 and paths.read_bytes(race) == str(won.index(True)).encode()
 
 
 def test_read_range_refuses_a_replaced_object(bucket):
