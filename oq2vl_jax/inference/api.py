@@ -49,11 +49,14 @@ class Generation:
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory, or a workdir holding `checkpoints/`."""
-    if not os.path.isdir(path):
+    """A checkpoint directory, or a workdir holding `checkpoints/` (either may be a gs:// or s3:// prefix)."""
+    from oq2vl_jax.storage import paths as storage
+
+    path = storage.resolve(path)
+    if not storage.isdir(path):
         raise UserError(f"--ckpt: '{path}' is not a directory")
-    nested = os.path.join(path, "checkpoints")
-    if not any(name.isdigit() for name in os.listdir(path)) and os.path.isdir(nested):
+    nested = storage.join(path, "checkpoints")
+    if not any(name.isdigit() for name in storage.listdir(path)) and storage.isdir(nested):
         return nested
     return path
 
