@@ -55,21 +55,26 @@ def test_loading_params_and_items_logs_no_orbax_warnings(tmp_path, caplog):
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(restored)))
 
 
-def test_data_contract_refuses_a_change_and_reads_steps_saved_before_it():
+def test_a_resume_with_another_contract_or_tokenizer_is_refused():
     import json
 
-    import ml_collections
-    data = ml_collections.ConfigDict({"chat_format": "open_qwen2vl", "label_mode": "default"})
-    saved = C.data_contract(data, "abc")
-    C.check_data_contract(saved, C.data_contract(data, "abc"), "W/checkpoints/5")
-    C.check_data_contract(saved, C.data_contract(data, None), "W/checkpoints/5")  # no tokenizer given: nothing to check
+    from oq2vl_jax.text import contract as contract_lib
+
+    default = contract_lib.TRAINED_DEFAULT
+    meta = C.contract_meta(default, tokenizer="abc")
+    C.check_resumed_data(meta, default, "abc", "W/checkpoints/5")
+    C.check_resumed_data(meta, default, None, "W/checkpoints/5")  # no tokenizer given: the checkpoint's copy is used
     for field, value in (("label_mode", "reference_compat"), ("chat_format", "qwen2")):
-        other = ml_collections.ConfigDict({**data.to_dict(), field: value})
+        other = contract_lib.PromptContract(**{**default.to_dict(), field: value})
         with pytest.raises(UserError, match=f"data.{field}='{value}' but the run in W/checkpoints/5"):
-            C.check_data_contract(saved, C.data_contract(other, "abc"), "W/checkpoints/5")
+            C.check_resumed_data(meta, other, "abc", "W/checkpoints/5")
     with pytest.raises(UserError, match="another vocabulary"):
-        C.check_data_contract(saved, C.data_contract(data, "xyz"), "W/checkpoints/5")
-    # a step saved before the record: its training config says the chat format and label mode
+        C.check_resumed_data(meta, default, "xyz", "W/checkpoints/5")
+    # a step saved before the record: its training config names the contract; its tokenizer copy's fingerprint
     old = {"train_config": json.dumps({"data": {"chat_format": "qwen2", "label_mode": "default"}})}
-    assert C.saved_data_contract(old) == {"tokenizer": None, "chat_format": "qwen2", "label_mode": "default"}
-    assert C.saved_data_contract({C.DATA_CONTRACT: saved}) == saved
+    with pytest.raises(UserError, match="data.chat_format='open_qwen2vl' but"):
+        C.check_resumed_data(old, default, None, "W/checkpoints/5")
+    with pytest.raises(UserError, match="another vocabulary"):
+        C.check_resumed_data({}, default, "xyz", "W/checkpoints/5", saved_tokenizer="abc")
+    C.check_resumed_data({}, contract_lib.PromptContract("qwen2"), None, "W")  # nothing recorded: nothing to compare
+    assert not C.saved_tokenizer_recorded(old) and C.saved_tokenizer_recorded(meta)

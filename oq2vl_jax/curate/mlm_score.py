@@ -28,7 +28,7 @@ def build_prompt(vlm, caption: str, task: str, image: bytes):
     k = ids.index(_IMAGE_MARK)
     layout = tok_lib.layout([ids[:k], 0, ids[k + 1:]], vlm.config.tokens_per_image)
     try:
-        pixels = image_lib.load_image(image, vlm.config.vision.image_size)[0]
+        pixels = image_lib.decode_image(image, vlm.config.vision.image_size)[0]
     except image_lib.BadImage:
         return None
     return Prompt(layout, (pixels,))

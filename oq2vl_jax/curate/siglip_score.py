@@ -101,7 +101,7 @@ class Scorer:
         if sample["status"] != "success":
             return None
         try:
-            return images_lib.load_image(sample["image"], self.image_size)[0]
+            return images_lib.decode_image(sample["image"], self.image_size)[0]
         except images_lib.BadImage:
             return None
 

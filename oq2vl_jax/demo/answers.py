@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oq2vl_jax.data.images import load_image
+from oq2vl_jax.data.images import decode_image
 from oq2vl_jax.text import chat
 from oq2vl_jax.text.documents import TextEncoder
 from oq2vl_jax.text.tokens import load_tokenizer
@@ -72,7 +72,7 @@ def answer_accuracy(result, eval_json: str, image_root: str, tokenizer_dir: str,
         spans.append(answer_spans(doc.target_mask))
         if images:
             with open(os.path.join(image_root, images[0]), "rb") as f:
-                pixels.append(load_image(f.read(), image_size)[0])
+                pixels.append(decode_image(f.read(), image_size)[0])
         else:
             pixels.append(np.zeros((image_size, image_size, 3), np.uint8))
         has_image.append(bool(images))
@@ -124,6 +124,6 @@ def report_sft_demo(result, config, paths: dict, workdir: str) -> dict:
         values = scores.get(condition, {})
         print(f"held-out answers, {condition.replace('_', ' ')}: "
               + ", ".join(f"{k} {100 * v:.1f}%" for k, v in values.items()))
-    with open(os.path.join(workdir, "answer_scores.json"), "w") as f:
-        json.dump(scores, f, indent=2)
+    from oq2vl_jax.storage import paths as storage
+    storage.write_text(storage.join(workdir, "answer_scores.json"), json.dumps(scores, indent=2))
     return scores

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oq2vl_jax.data.images import load_image
+from oq2vl_jax.data.images import decode_image
 from oq2vl_jax.text.documents import TextEncoder, caption_document
 from oq2vl_jax.text.tokens import load_tokenizer
 
@@ -68,7 +68,7 @@ def attribute_scores(apply, params, paths: dict, tokenizer_dir: str, *, tokens_p
         length = min(doc.length, row_length)
         ids[r, :length], seg[r, :length], pos[r, :length] = doc.ids[:length], 1, np.arange(length)
         image_mask[r, :length] = doc.image_mask[:length]
-        pixels[r, 0] = load_image(images[meta["key"]], image_size)[0]
+        pixels[r, 0] = decode_image(images[meta["key"]], image_size)[0]
         encoding = encoder.backend.encode("\n" + meta["caption"], add_special_tokens=False)
         offset = 1 + t_img  # tokens of "\n"+caption start after <s> and the image block
         row = {}

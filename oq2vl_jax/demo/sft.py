@@ -21,13 +21,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 
 from absl import logging
 
 from oq2vl_jax.demo import shapes as demo
-from oq2vl_jax.errors import UserError
+from oq2vl_jax.demo.setup import read_marker, write_marked_dir
 
 IMAGE_QUESTIONS = {
     "colour": ("What colour is the shape?", "{Colour}."),
@@ -37,7 +35,7 @@ IMAGE_QUESTIONS = {
 }
 SIDES = {"triangle": "Three.", "square": "Four.", "diamond": "Four.", "circle": "None.", "star": "Ten."}
 TEXT_QUESTIONS = [(f"How many sides does a {shape} have?", answer) for shape, answer in SIDES.items()]
-PATHS_FILE = "paths.json"
+SFT_KEYS = ("train", "eval", "image_root")  # what its marker names (demo/setup.py)
 
 
 def _conversation(rng: random.Random, colour: str, shape: str, position: str) -> tuple[list[dict], list[str]]:
@@ -82,15 +80,6 @@ def write_sft_demo(out_dir: str, *, num_train: int = 2000, num_eval: int = 200, 
             "eval": _split(out_dir, "eval", num_eval, image_size, rng, text_only_every), "image_root": out_dir}
 
 
-def _read_marker(data_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(data_dir, PATHS_FILE)) as f:
-            rel = json.load(f)
-        return {k: os.path.join(data_dir, v) for k, v in rel.items()}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-
-
 def prepare_sft_demo(config, workdir: str) -> dict | None:
     """Writes the SFT demo set once and points config.data at it (module doc); None without a demo_sft block."""
     if "demo_sft" not in config:
@@ -100,28 +89,12 @@ def prepare_sft_demo(config, workdir: str) -> dict | None:
         logging.info("demo_sft: data.sources given; the synthetic SFT set is not used")
         return None
     data_dir = os.path.abspath(d.data_dir or os.path.join(workdir, "sft_data"))
-    paths = _read_marker(data_dir)
+    paths = read_marker(data_dir, SFT_KEYS)
     if paths is None:
-        if os.path.lexists(data_dir) and (not os.path.isdir(data_dir) or os.listdir(data_dir)):
-            raise UserError(f"demo_sft.data_dir: {data_dir} exists and holds no SFT demo set (no {PATHS_FILE}); "
-                            "refusing to write there (set --config.demo_sft.data_dir to a new or empty directory)")
-        parent = os.path.dirname(data_dir)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.", suffix=".tmp", dir=parent)
-        try:
-            logging.info("demo_sft: writing synthetic SFT conversations to %s", data_dir)
-            written = write_sft_demo(tmp, num_train=int(d.num_train), num_eval=int(d.num_eval),
-                                     image_size=int(config.data.image_size), seed=int(d.seed),
-                                     text_only_every=int(d.text_only_every))
-            with open(os.path.join(tmp, PATHS_FILE), "w") as f:
-                json.dump({k: os.path.relpath(v, tmp) for k, v in written.items()}, f)
-            if os.path.isdir(data_dir):
-                os.rmdir(data_dir)  # empty (checked above)
-            os.replace(tmp, data_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory only
-            raise
-        paths = _read_marker(data_dir)
+        logging.info("demo_sft: writing synthetic SFT conversations to %s", data_dir)
+        paths = write_marked_dir(data_dir, lambda tmp: write_sft_demo(
+            tmp, num_train=int(d.num_train), num_eval=int(d.num_eval), image_size=int(config.data.image_size),
+            seed=int(d.seed), text_only_every=int(d.text_only_every)), field="demo_sft.data_dir", keys=SFT_KEYS)
     spec = {"kind": "llava", "image_root": paths["image_root"]}
     config.data.sources = ({**spec, "path": paths["train"]},)
     if not config.data.eval_sources:

@@ -122,6 +122,20 @@ def interleaved_document(tokenizer, parts: Sequence[tuple[str, object]], tokens_
     return layout(pieces, tokens_per_image)
 
 
+def prompt_document(tokenizer, parts: Sequence[str | int], tokens_per_image: int) -> DocumentLayout:
+    """A base-model prompt: `<s>`, then `parts` in order, each text tokenized on its own (with `<image>` escaped, as
+    the original's `tokenizer_image_token` splits at image markers) and each int k the k-th image block; no end token
+    (generation continues it). The inference API's base prompts and the evaluation's base requests are built here."""
+    enc = TextEncoder.from_tokenizer(tokenizer)
+    pieces: list[list[int] | int] = [[enc.bos_id]]
+    for part in parts:
+        if isinstance(part, int):
+            pieces.append(part)
+        elif part:
+            pieces.append(enc.encode(escape_image_token(part)))
+    return layout(pieces, tokens_per_image)
+
+
 def truncate_document(doc: DocumentLayout, max_length: int, tokens_per_image: int) -> DocumentLayout:
     """Cuts a document to at most max_length positions, never through an image block (a cut block is dropped)."""
     if doc.length <= max_length:

@@ -6,7 +6,6 @@ config that can fail before anything heavy happens.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Mapping
 
 import jax
@@ -15,7 +14,8 @@ from absl import logging
 from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
-from oq2vl_jax.text import tokens
+from oq2vl_jax.storage import paths as storage
+from oq2vl_jax.text import contract as contract_lib, tokens
 from oq2vl_jax.training import checks
 from oq2vl_jax.training.optimizer import make_optimizer
 from oq2vl_jax.training.state import ModelParts, TrainState, abstract_state, check_stage, merge_params, split_params
@@ -92,12 +92,12 @@ def validate_paths(config, check_data: bool = True) -> None:
     paths = {"pretrained": ("llm_dir", "vision_src"), "checkpoint": ("init_from",), "random": ()}[source]
     for name in paths:
         value = config.init[name]
-        if not value or not os.path.exists(value):
+        if not value or not storage.exists(storage.resolve(value)):
             raise UserError(f"init.{name}: {value!r} does not exist; set --config.init.{name}=PATH "
                             f"(init.source='{source}')")
     for i, spec in enumerate(check_source_specs(config.data.sources, "data.sources") if check_data else ()):
-        check_source_path(spec, f"data.sources[{i}]")
-    if config.data.tokenizer_dir and not os.path.isdir(config.data.tokenizer_dir):
+        check_source_path(spec, f"data.sources[{i}]")  # a webdataset path may be a glob, a brace range or a list
+    if config.data.tokenizer_dir and not storage.isdir(storage.resolve(config.data.tokenizer_dir)):
         raise UserError(f"data.tokenizer_dir: {config.data.tokenizer_dir!r} is not a directory; set "
                         "--config.data.tokenizer_dir=PATH")
 
@@ -160,14 +160,14 @@ def run_tokenizer_fingerprint(config, checkpoint_dir: str) -> str | None:
 def check_resumed_data(config, meta: dict, where: str, checkpoint_dir: str) -> None:
     """The data the resumed run is given is the data the step in `where` was trained on: same tokenizer vocabulary,
     chat format and label mode (image size and tokens per image: resumed_model_config). UserError otherwise."""
-    saved = checkpoint_io.saved_data_contract(meta)
     given_dir, copy = config.data.tokenizer_dir, checkpoint_io.tokenizer_path(checkpoint_dir)
-    given_tokenizer = None
-    if given_dir and not (copy and os.path.abspath(given_dir) == os.path.abspath(copy)):
+    given_tokenizer = saved_tokenizer = None
+    if given_dir and not (copy and storage.resolve(given_dir) == storage.resolve(copy)):
         given_tokenizer = tokens.fingerprint(given_dir)
-        if saved.get("tokenizer") is None and copy:  # a step saved before the record: its tokenizer's copy
-            saved["tokenizer"] = tokens.fingerprint(copy, what=f"the tokenizer of {checkpoint_dir}")
-    checkpoint_io.check_data_contract(saved, checkpoint_io.data_contract(config.data, given_tokenizer), where)
+        if copy and not checkpoint_io.saved_tokenizer_recorded(meta):  # a step saved before the record
+            saved_tokenizer = tokens.fingerprint(copy, what=f"the tokenizer of {checkpoint_dir}")
+    checkpoint_io.check_resumed_data(meta, contract_lib.for_data_config(config.data), given_tokenizer, where,
+                                     saved_tokenizer)
 
 
 def with_tokens_per_image(vlm: VLMConfig, tokens_per_image: int, where: str) -> VLMConfig:

@@ -58,7 +58,7 @@ def test_score_cli_matches_siglip_model_and_resumes(tmp_path, model_dir):
         table = pq.read_table(shards_lib.table_path(out, name, "siglip")).to_pydict()
         samples = list(shards_lib.iter_samples(os.path.join(root, name)))
         assert table["key"] == [s["key"] for s in samples] and table["uid"] == [s["uid"] for s in samples]
-        pixels = np.stack([images.load_image(s["image"], 28)[0] for s in samples]).astype(np.float32) / 127.5 - 1
+        pixels = np.stack([images.decode_image(s["image"], 28)[0] for s in samples]).astype(np.float32) / 127.5 - 1
         ids = tok([s["caption"] for s in samples], padding="max_length", truncation=True, max_length=12)["input_ids"]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor(ids),

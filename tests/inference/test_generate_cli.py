@@ -12,15 +12,14 @@ import pytest
 
 from fixtures.inference import ckpt  # noqa: F401,F811 (pytest fixture)
 from fixtures.paths import REPO
+from fixtures.inference import run_generate_cli
 from oq2vl_jax import generate
 
 ROOT = REPO
 
 
 def run_cli(*args, cwd=ROOT, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_backend_optimization_level=0")
-    return subprocess.run([sys.executable, "-m", "oq2vl_jax.generate", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_generate_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def test_single_prompt_json_and_bad_input(ckpt):

@@ -4,7 +4,7 @@ import numpy as np
 
 from fixtures.data import tiny_tokenizer, tiny_tokenizer_dir  # noqa: F401  (fixtures)
 from oq2vl_jax.text.documents import (DocumentLayout, TextEncoder, caption_document, interleaved_document,
-                                      truncate_document)
+                                      prompt_document, truncate_document)
 
 
 def test_caption_document_layout(tiny_tokenizer):
@@ -60,3 +60,16 @@ def test_text_encoder_pickles_and_matches_hf(tiny_tokenizer):
     assert enc.encode(text) == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert enc.vocab_size == len(tiny_tokenizer)
     assert enc.bos_id == tiny_tokenizer.bos_token_id and enc.eos_id == tiny_tokenizer.eos_token_id
+
+
+def test_a_base_prompt_is_a_caption_document_without_its_end(tiny_tokenizer):
+    """What pre-training saw is what a base prompt sends: `<s> [image] \n text`, the text tokenized on its own,
+    `<image>` in it escaped, no end token; the inference API and the evaluation build theirs with prompt_document."""
+    enc = TextEncoder.from_tokenizer(tiny_tokenizer)
+    caption = caption_document(enc, "a red <image> circle", 4)
+    prompt = prompt_document(enc, [0, "\na red <image> circle"], 4)
+    np.testing.assert_array_equal(prompt.ids, caption.ids[:-1])
+    np.testing.assert_array_equal(prompt.image_mask, caption.image_mask[:-1])
+    assert prompt.image_starts == caption.image_starts == (1,)
+    assert caption.ids[-1] == enc.eos_id
+

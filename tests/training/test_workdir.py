@@ -18,12 +18,12 @@ def _dead_pid() -> int:
     return proc.pid  # reaped: no process has it now (pids are not reused this quickly)
 
 
-def test_lock_is_exclusive_reentrant_and_released(tmp_path):
+def test_lock_is_exclusive_taken_once_and_released(tmp_path):
     path = workdir.acquire(str(tmp_path))
     owner = json.loads(open(path).read())
     assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-    assert workdir.acquire(str(tmp_path)) == path  # the CLI and loop.run both take it
-    workdir.release(path)
+    with pytest.raises(UserError, match=f"another trainer is running in this workdir \\(pid {os.getpid()}"):
+        workdir.acquire(str(tmp_path))  # a run takes it once (loop.run); a second take is refused like any other
     assert os.path.exists(path)
     workdir.release(path)
     assert not os.path.exists(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 from oq2vl_jax.data.config import SOURCE_KEYS
@@ -14,33 +13,36 @@ from oq2vl_jax.data.sources.selection import SelectedSource
 from oq2vl_jax.data.sources.tfds import TfdsSource
 from oq2vl_jax.data.sources.webdataset import WebDatasetSource
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import paths as storage
 
 SOURCE_KINDS = tuple(SOURCE_KEYS)  # data/config.py: the keys each kind takes
 CAPTION_KINDS = ("webdataset", "packed_json", "tfds", "parquet")
 CONVERSATION_KINDS = ("llava", "mammoth")
 
 
-def check_source_path(spec: Mapping[str, Any], field: str) -> None:
-    """Cheap start-up check of a source entry's path (a webdataset path may be a pattern or a list): UserError
-    saying what is wrong with it (missing, or a directory without shards)."""
+def source_path_exists(spec: Mapping[str, Any]) -> bool:
+    """Cheap start-up check of a source entry's path (a webdataset path may be a pattern or a list)."""
     path = spec.get("path") or ""
-    if not path or isinstance(path, str) and path.startswith(("gs://", "s3://")):
-        return
-    if isinstance(path, str) and not any(c in path for c in "*?[{") and not os.path.exists(os.path.expanduser(path)):
-        raise UserError(f"{field}.path: {path!r} does not exist")  # (a pattern is expanded below)
     if spec.get("kind") == "webdataset":
+        return shard_paths.source_path_exists(path)
+    if spec.get("kind") == "parquet" and any(c in str(path) for c in "*?["):  # a glob of parquet files
+        return bool(storage.glob(storage.resolve(path)))
+    return storage.exists(storage.resolve(path))
+
+
+def check_source_path(spec: Mapping[str, Any], field: str) -> None:
+    """`source_path_exists` as a UserError saying what is wrong with the path: missing, or (webdataset) a pattern
+    that matches nothing or a directory without shards."""
+    path = spec.get("path") or ""
+    if not path or source_path_exists(spec):
+        return
+    plain = isinstance(path, str) and not any(c in path for c in "*?[{")
+    if spec.get("kind") == "webdataset" and not (plain and not storage.exists(storage.resolve(path))):
         try:
             shard_paths.expand_shards(path)
         except UserError as e:
             raise UserError(f"{field}.path: {e}") from None
-
-
-def source_path_exists(spec: Mapping[str, Any]) -> bool:
-    try:
-        check_source_path(spec, "source")
-        return True
-    except UserError:
-        return False
+    raise UserError(f"{field}.path: {path!r} does not exist")
 
 
 def open_source(spec: Mapping[str, Any], field: str = "source"):
@@ -61,7 +63,7 @@ def open_source(spec: Mapping[str, Any], field: str = "source"):
         except UserError as e:
             raise UserError(f"{field}.select: {e}") from None
     path = str(spec.get("path") or "")
-    if kind not in ("tfds", "parquet") and not os.path.exists(os.path.expanduser(path)):
+    if kind not in ("tfds", "parquet") and not storage.exists(storage.resolve(path)):
         raise UserError(f"{field}.path: {path!r} does not exist")
     try:
         if kind == "packed_json":

@@ -7,19 +7,20 @@ import pytest
 from fixtures.evals import write_demo
 from fixtures.paths import REPO
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.evals import evaluators
+from oq2vl_jax.evals import specs
+from oq2vl_jax.training import evaluators
 
 
 def test_parse_specs():
-    a, b = evaluators.parse_specs(("demo:limit=32,every=100,prompt=chat", "demo_attributes"))
+    a, b = specs.parse_specs(("demo:limit=32,every=100,prompt=chat", "demo_attributes"))
     assert (a.name, a.limit, a.every, a.prompt, a.batch) == ("demo", 32, 100, "chat", 8)
-    assert b.name == "demo_attributes" and b.every is None and b.limit == evaluators.DEFAULT_LIMIT
+    assert b.name == "demo_attributes" and b.every is None and b.limit == specs.DEFAULT_LIMIT
     assert a.due(200, 50, 1000) and not a.due(150, 50, 1000) and a.due(1000, 50, 1000)
     assert b.due(150, 50, 1000) and not b.due(150, 0, 1000) and b.due(1000, 0, 1000)
     for bad, words in [("nosuch", "unknown evaluator"), ("demo:limit", "KEY=VALUE"), ("demo:every=x", "integer"),
                        ("demo:prompt=odd", "reference or chat"), ("demo:colour=red", "KEY=VALUE")]:
         with pytest.raises(UserError, match=words):
-            evaluators.parse_specs((bad,))
+            specs.parse_specs((bad,))
 
 
 class Scripted:
@@ -34,7 +35,7 @@ def test_run_benchmark_metrics_and_files(tmp_path):
     # 3 items: "red" for the colour question is right; "no idea" is wrong for "a circle", and for "No" strict says
     # wrong while the lenient reference finds "no" in "no idea"
     write_demo(str(tmp_path / "data"))
-    spec = evaluators.parse_spec("demo:limit=0")
+    spec = specs.parse_spec("demo:limit=0")
     m = evaluators.run_benchmark(spec, Scripted(), str(tmp_path / "data"), str(tmp_path / "out"))
     assert m == pytest.approx({"eval/demo/strict": 100 / 3, "eval/demo/reference": 200 / 3})
     assert (tmp_path / "out" / "summary.json").exists() and (tmp_path / "out" / "report.md").exists()
@@ -81,7 +82,7 @@ def test_config_evals_override_through_the_flag_parser():
     config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)  # overrides are found in argv
     fv(argv)
     assert fv.config.evals == ("demo:limit=8,every=50", "demo_attributes")
-    assert [s.name for s in evaluators.parse_specs(fv.config.evals)] == ["demo", "demo_attributes"]
+    assert [s.name for s in specs.parse_specs(fv.config.evals)] == ["demo", "demo_attributes"]
 
 
 def test_demo_sft_config_evaluates_its_own_held_out_set(tmp_path):
@@ -91,7 +92,7 @@ def test_demo_sft_config_evaluates_its_own_held_out_set(tmp_path):
 
     repo = REPO
     config = runpy.run_path(os.path.join(repo, "configs", "demo_sft.py"))["get_config"]()
-    (spec,) = evaluators.parse_specs(config.evals)
+    (spec,) = specs.parse_specs(config.evals)
     assert (spec.name, spec.prompt, spec.limit) == ("demo", "chat", 0)
     tok = tmp_path / "tok"
     tok.mkdir()
