@@ -76,7 +76,7 @@ def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool 
     if bool(config.model.reference_compat) != (config.data.label_mode == "reference_compat"):
         logging.warning("model.reference_compat=%s but data.label_mode=%s: reproducing the reference needs both",
                         config.model.reference_compat, config.data.label_mode)
-    from oq2vl_jax.evals.evaluators import parse_specs  # an unknown evals name fails before the workdir is written
+    from oq2vl_jax.evals.specs import parse_specs  # an unknown evals name fails before the workdir is written
     parse_specs(tuple(config.get("evals", ()) or ()))
     if check_paths:
         validate_paths(config, check_data)
