@@ -95,7 +95,7 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     workdir = workdir_lib.check_workdir(workdir)
     devices = list(devices if devices is not None else jax.devices())
     mesh = parallel.build_mesh(config.mesh, devices)
-    setup.validate_config(config, mesh, check_paths=False)
+    setup.validate_config(config, mesh, check_paths=False, check_data=data_factory is None)
     multiprocess = jax.process_count() > 1
     own_stop = stop is None
     # with several processes SIGTERM belongs to JAX's preemption notifier (installed by jax.distributed.initialize):
