@@ -71,6 +71,14 @@ def feature_layer_to_llava(cfg) -> int:
     return cfg.num_blocks_run - 1 - cfg.depth
 
 
+def feature_layer_from_llava(layer, what: str) -> int:
+    """LLaVA's index into the tower's hidden_states (0 = the embeddings, i = block i's output, negative from the
+    end) -> our feature_layer (a block index, negative from the end). `what` names the setting in the error."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer == 0:
+        raise UserError(f"{what} {layer!r} is not supported (one block's output: a nonzero integer)")
+    return layer if layer < 0 else layer - 1
+
+
 def check_exportable(config: VLMConfig) -> None:
     if config.tokens_per_image != config.vision.num_patches:
         raise UserError(
@@ -166,8 +174,6 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     if d.get("tie_word_embeddings") or text.get("tie_word_embeddings"):
         llm_cfg = dataclasses.replace(llm_cfg, tie_word_embeddings=True)
     layer = d.get("vision_feature_layer", -2)
-    if not isinstance(layer, int) or layer == 0:
-        raise UserError(f"'{config_path}': vision_feature_layer {layer!r} is not supported (one block's output)")
     for key, want in (("vision_feature_select_strategy", "full"), ("projector_hidden_act", "gelu"),
                       ("multimodal_projector_bias", True)):
         if d.get(key, want) != want:
@@ -175,8 +181,8 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     source = tensor_files.open_hf_weights(directory)
     names = _layout(source)
     vision_cfg, vision, extra, _ = importer.vision_from_source(
-        _Prefixed(source, names["vision"]), dtype=dtype, hf_config=d,
-        overrides={"feature_layer": layer if layer < 0 else layer - 1})
+        source.under(names["vision"]), dtype=dtype, hf_config=d,
+        overrides={"feature_layer": feature_layer_from_llava(layer, f"'{config_path}': vision_feature_layer")})
     config = VLMConfig(vision=vision_cfg, llm=llm_cfg, tokens_per_image=vision_cfg.num_patches)
     config.validate()
     if d.get("image_seq_length", config.tokens_per_image) != config.tokens_per_image:
@@ -192,12 +198,4 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     hf_text = {k: v for k, v in text.items() if k not in ("architectures",)}
     return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra,
                              [f"hf-llava {directory}"], hf_text), tok_dir
-
-
-class _Prefixed(tensor_files.TensorSource):
-    """The vision tower's tensors of a LLaVA checkpoint, renamed to HF SigLIP's own names."""
-
-    def __init__(self, source: tensor_files.TensorSource, prefix: str):
-        super().__init__({n[len(prefix):]: (lambda n=n: source.get(n)) for n in source.names if n.startswith(prefix)},
-                         source.where)
 

@@ -1,5 +1,6 @@
-"""LLaVA's `<image>` token on the tokenizer of an export, and its removal on import. Everything else about the
-tokenizer (the reference's special tokens, loading, preparing a checkpoint's copy) is in oq2vl_jax/text/tokens.py."""
+"""LLaVA's `<image>` token on the tokenizer of an export, its removal on import, and copying a model directory's
+tokenizer files. Everything else about the tokenizer (the reference's special tokens, loading, preparing a
+checkpoint's copy) is in oq2vl_jax/text/tokens.py."""
 
 from __future__ import annotations
 
@@ -56,3 +57,12 @@ def strip_added_token(src_dir: str, out_dir: str, token: str) -> None:
                 json.dump(data, f, ensure_ascii=False, indent=None if name == "tokenizer.json" else 2)
         else:
             shutil.copyfile(path, os.path.join(out_dir, name))
+
+
+def copy_files(src_dir: str, out_dir: str) -> None:
+    """Copies the tokenizer files of a model directory (whose config.json may name a model transformers does not
+    know) into a directory of their own."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src_dir, name)):
+            shutil.copyfile(os.path.join(src_dir, name), os.path.join(out_dir, name))

@@ -63,6 +63,7 @@ CONVERT_ROUND_TRIP = ByTest("tests/convert/test_cli.py::test_cli_round_trips")
 CONVERT_EXPORT_HELP = Help(("-m", "oq2vl_jax.convert", "export"))
 TRAIN_DRY = Run(extra=("--dry_run",), expect="per-device memory")
 CURATE_AS_DOCUMENTED = ByTest("tests/curate/test_reshard.py::test_cli_keys_select_reshard_as_documented")
+LLAVA_UNIFIED = ByTest("tests/convert/test_llava_unified.py::test_curate_mlm_scores_with_the_imported_filter")
 
 COMMANDS = {
     # README.md
@@ -95,6 +96,8 @@ COMMANDS = {
     "python -m oq2vl_jax.convert import --from prismatic Open-Qwen2VL --out ckpt/ref [--vision SRC] [--llm DIR]":
         CONVERT_ROUND_TRIP,
     "python -m oq2vl_jax.convert import --from hf-llava exported-llava --out ckpt/back": CONVERT_ROUND_TRIP,
+    "python -m oq2vl_jax.convert import --from llava-unified mlm-filter-qwen2.5-1.5b-gpt4o --out ckpt/mlm_filter "
+    "[--vision SRC]": LLAVA_UNIFIED,
     "python -m oq2vl_jax.convert export --ckpt CKPT --to prismatic|hf-llava|hf-qwen2 --out DIR [--dtype fp32|bf16] "
     "[--step N] [--with-vision] [--vision SRC] [--mount-path PATH]": CONVERT_EXPORT_HELP,
     # docs/data.md
@@ -151,6 +154,8 @@ COMMANDS = {
         CURATE_AS_DOCUMENTED,
     'python -m oq2vl_jax.curate reshard --selection su85_dfn.npz --out /data/datacomp/su85_dfn_shards':
         CURATE_AS_DOCUMENTED,
+    'python -m oq2vl_jax.convert import --from llava-unified /models/mlm-filter-qwen2.5-1.5b-gpt4o --out '
+    '/ckpts/mlm_filter': LLAVA_UNIFIED,
     'python -m oq2vl_jax.curate mlm --ckpt /ckpts/mlm_filter --shards /data/datacomp/shards --out '
     '/data/datacomp/shards --tasks semantic_understanding --batch-size 64':
         Help(("-m", "oq2vl_jax.curate", "mlm")),
