@@ -2,7 +2,9 @@
 
   CKPT/                      an Orbax CheckpointManager directory
     <step>/params            parameter tree (StandardSave; sharded arrays restore onto any mesh)
-    <step>/meta              JSON: {"format": "oq2vl_jax", "version": 1, "model_config": VLMConfig.to_dict(), ...}
+    <step>/meta              JSON: {"format": "oq2vl_jax", "version": 1, "model_config": VLMConfig.to_dict(),
+                             "data_contract": {...}, ...}; data_contract: how the model was taught to read its
+                             input (text/contract.py: chat format, label mode, image separator)
     <step>/vision_extra      optional: vision tower parts the model does not run (later blocks, final norm, MAP
                              head), kept by `convert import` so exports can write complete towers
     <step>/<other items>     trainer-only items (optimizer state, data iterator state, rng)
@@ -16,6 +18,7 @@ commit_success.txt object instead (storage/orbax_s3.py), and the tokenizer is re
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -28,6 +31,7 @@ import orbax.checkpoint as ocp
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.storage import local_copy, orbax_s3, paths as storage
 from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.text import contract as contract_lib
 
 FORMAT = "oq2vl_jax"
 VERSION = 1
@@ -45,6 +49,41 @@ def manager(directory: str, *, max_to_keep: int | None = None, async_save: bool 
 
 def make_meta(config: VLMConfig, **extra: Any) -> dict:
     return {"format": FORMAT, "version": VERSION, "model_config": config.to_dict(), **extra}
+
+
+# The data contract of a step: what its input looked like beyond the architecture (model_config has the image size
+# and tokens per image). One record in the step's meta: the prompt contract (text/contract.py) that every way of
+# asking the model follows; further facts about the training data (e.g. the tokenizer's identity, checked when a run
+# resumes) belong in the same record.
+DATA_CONTRACT = "data_contract"
+
+
+def contract_meta(contract: contract_lib.PromptContract, **more: Any) -> dict:
+    """The meta entry recording `contract` (pass it to make_meta / save_params as keyword arguments)."""
+    return {DATA_CONTRACT: {**contract.to_dict(), **more}}
+
+
+def prompt_contract(meta: dict) -> tuple[contract_lib.PromptContract, str | None]:
+    """(the step's prompt contract, a warning when it is not recorded and was inferred).
+
+    Steps saved before the record: a trained step's saved training config names its chat format and label mode
+    (exact, no warning); an imported step (meta "source", no training config) gets the original's contract; any
+    other the data pipeline's default contract; both with a warning (docs/inference.md)."""
+    record = meta.get(DATA_CONTRACT)
+    if isinstance(record, dict):
+        return contract_lib.PromptContract.from_dict(record), None
+    try:
+        data = json.loads(meta.get("train_config") or "{}").get("data", {})
+    except (TypeError, ValueError, AttributeError):
+        data = {}
+    if data.get("chat_format") and data.get("label_mode"):
+        return contract_lib.PromptContract.from_dict(data), None
+    if "source" in meta and "train_config" not in meta:
+        chosen, why = contract_lib.ORIGINAL, "an imported checkpoint: assuming the original's"
+    else:
+        chosen, why = contract_lib.TRAINED_DEFAULT, "assuming the data pipeline's default"
+    return chosen, (f"the checkpoint does not record its prompt contract ({why}: {chosen.describe()}); re-import or "
+                    "re-save it to record it, or pass --chat-format / --label-mode if it was taught otherwise")
 
 
 def write_tokenizer_dir(dst: str, write: Callable[[str], Any]) -> None:

@@ -27,11 +27,15 @@ RUN_FILE = "run.json"
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m oq2vl_jax.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", default="", help="checkpoint directory (a training run or an imported checkpoint)")
-    p.add_argument("--task", required=True, help="comma-separated task names")
+    from oq2vl_jax.evals.registry import TASKS
+
+    p.add_argument("--task", required=True, help=f"comma-separated task names: {', '.join(TASKS)}")
     p.add_argument("--data", required=True, help="directory with one folder per benchmark (docs/evaluation.md)")
     p.add_argument("--out", required=True, help="output directory (created; a rerun resumes)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N items of each task (0 = all)")
-    p.add_argument("--prompt", choices=("reference", "chat"), default="reference")
+    p.add_argument("--prompt", choices=("reference", "chat"), default="reference",
+                   help="reference: the original harness's raw prompts; chat: the user message in the checkpoint's "
+                        "chat template (its prompt contract, docs/inference.md)")
     p.add_argument("--batch", type=int, default=8, help="items per model call per process")
     p.add_argument("--seed", type=int, default=0, help="seed of the scorers' random fallback guesses")
     p.add_argument("--dry_run", action="store_true", help="check data and prompts; load no model")

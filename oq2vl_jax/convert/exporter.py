@@ -110,8 +110,11 @@ def export(ckpt_dir: str, to: str, out_dir: str, *, dtype: str = "fp32", step: i
                                   tokenizer_dir=tok, llm_hf_config=llm_hf_config,
                                   model_id=model_id or prismatic.DEFAULT_MODEL_ID, mount_path=mount_path)
     elif to == "hf-llava":
+        contract, warning = checkpoint_io.prompt_contract(meta)
+        if warning:
+            lines.append(f"warning: {warning}")
         lines += llava.export(out_dir, config, params, extra, dtype=np_dtype, tokenizer_dir=tok,
-                              llm_hf_config=llm_hf_config)
+                              llm_hf_config=llm_hf_config, contract=contract)
     else:
         lines += export_hf_qwen2(out_dir, config, params, dtype=np_dtype, tokenizer_dir=tok,
                                  llm_hf_config=llm_hf_config)

@@ -6,7 +6,7 @@ Linear -> GELU (exact) -> Linear projector = our fc1 / fc2, the Qwen2 LLM. LLaVA
 tokens_per_image equals the patch count (729 for So400m/14@384, the SFT model) fit. The processor resizes to the
 tower's image size with PIL bicubic and normalises with mean = std = 0.5 (the reference's preprocessing; with
 torchvision installed pass `backend="pil"` to AutoProcessor to keep PIL's resize), and its chat template writes the
-reference's SFT prompt (docs/reference_notes.md §8).
+checkpoint's prompt contract (convert/chat_template.py; config.json records it under CONTRACT_KEY).
 
 Key names (transformers 5): model.vision_tower.*, model.multi_modal_projector.linear_{1,2}.*,
 model.language_model.*, lm_head.weight; transformers 4 names (vision_tower.vision_model.*, multi_modal_projector.*,
@@ -25,35 +25,10 @@ from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
 from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.text import tokenizer_files as tokenizer, tokens
+from oq2vl_jax.text.contract import PromptContract, TRAINED_DEFAULT
 
-# The reference's SFT prompt (qwen2_prompter.py): a fixed system prefix with the first user turn, "assistant\n"
-# glued to the user turn's <|im_end|> (no "\n<|im_start|>"), assistant turns closed by "<|im_end|>\n", messages
-# stripped. The reference tokenizes "<image>\nQuestion" in chunks and drops the "\n" after the image; the template
-# writes "<image>Question" so the token stream is the one the model was trained on. Text parts of list contents are
-# stripped and joined to their images without a separator. A system message replaces the default system text.
-CHAT_TEMPLATE = (  # literal text only inside {{ '...' }} so whitespace control never eats a newline
-    "{%- set ns = namespace(system='You are a helpful assistant.', first=true) -%}"
-    "{%- for message in messages if message['role'] == 'system' -%}"
-    "{%- if message['content'] is string -%}{%- set ns.system = message['content'] | trim -%}"
-    "{%- else -%}{%- set ns.system = (message['content'] | selectattr('type', 'equalto', 'text') "
-    "| map(attribute='text') | join('')) | trim -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- for message in messages if message['role'] != 'system' -%}"
-    "{%- if message['content'] is string -%}{%- set text = message['content'] | replace('<image>\\n', '<image>') -%}"
-    "{%- else -%}{%- set parts = namespace(s='') -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{%- set parts.s = parts.s + '<image>' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set parts.s = parts.s + (part['text'] | trim) -%}{%- endif -%}"
-    "{%- endfor -%}{%- set text = parts.s -%}{%- endif -%}"
-    "{%- set text = text | trim -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{%- if ns.first -%}{{ '<s><|im_start|>system\\n' + ns.system + '<|im_end|>\\n' }}"
-    "{%- set ns.first = false -%}{%- endif -%}"
-    "{{ '<|im_start|>user\\n' + text + '<|im_end|>assistant\\n' }}"
-    "{%- else -%}{{ (text if text else ' ') + '<|im_end|>\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
+# config.json key recording the exported checkpoint's prompt contract (text/contract.py); read back on import
+CONTRACT_KEY = "oq2vl_prompt_contract"
 
 # LLaVA-style servers (SGLang's generic llava, LLaVA's `process_images`) pad to a square for "pad" and tile for
 # "anyres*"; any other value means the image processor's own resize, which is ours (squash to the tower's size).
@@ -108,8 +83,11 @@ def _tensors(config: VLMConfig, params: dict, extra: dict):
 
 
 def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | None, *, dtype, tokenizer_dir: str,
-           llm_hf_config: dict | None = None) -> list[str]:
+           llm_hf_config: dict | None = None, contract: PromptContract = TRAINED_DEFAULT) -> list[str]:
+    """Writes the hf-llava directory; its chat template renders `contract` (convert/chat_template.py)."""
     import transformers
+
+    from oq2vl_jax.convert.chat_template import chat_template
 
     check_exportable(config)
     if tokenizer_dir is None:
@@ -134,6 +112,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         pad_token_id=tok.pad_token_id)
     llava_cfg.architectures = ["LlavaForConditionalGeneration"]
     llava_cfg.image_aspect_ratio = IMAGE_ASPECT_RATIO  # read by SGLang / LLaVA-style loaders; transformers ignores it
+    setattr(llava_cfg, CONTRACT_KEY, contract.to_dict())  # kept in config.json; read back by `convert import`
     os.makedirs(out_dir, exist_ok=True)
     files = tensor_files.write_safetensors(out_dir, _tensors(config, params, extra), dtype=dtype)
     llava_cfg.dtype = "bfloat16" if np.dtype(dtype).itemsize == 2 else "float32"
@@ -144,15 +123,15 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
     processor = transformers.LlavaProcessor(
         image_processor=image_processor, tokenizer=tok, patch_size=config.vision.patch_size,
-        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=tokens.IMAGE_TOKEN,
+        vision_feature_select_strategy="full", chat_template=chat_template(contract), image_token=tokens.IMAGE_TOKEN,
         num_additional_image_tokens=0)
     processor.save_pretrained(out_dir)
     stop_ids = [tok.convert_tokens_to_ids(t) for t in STOP_TOKENS if t in tok.get_vocab()]
     transformers.GenerationConfig(bos_token_id=tok.convert_tokens_to_ids("<s>"), eos_token_id=stop_ids,
                                   pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(out_dir)
-    lines.append(f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
+    lines.extend([f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
                  f"tokens, vision_feature_layer {feature_layer_to_llava(config.vision)}, vision hidden_act "
-                 f"{vision_cfg['hidden_act']}")
+                 f"{vision_cfg['hidden_act']}", f"chat template: {contract.describe()}"])
     return lines
 
 
@@ -197,5 +176,18 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     tokenizer.strip_added_token(directory, tok_dir, tokens.IMAGE_TOKEN)
     hf_text = {k: v for k, v in text.items() if k not in ("architectures",)}
     return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra,
-                             [f"hf-llava {directory}"], hf_text), tok_dir
+                             [f"hf-llava {directory}"], hf_text, read_contract(d, config_path)), tok_dir
+
+
+def read_contract(hf_config: dict, where: str):
+    """The prompt contract an export of ours records in config.json (CONTRACT_KEY); any other LLaVA directory is
+    taken to be the original's release (text/contract.py ORIGINAL)."""
+    from oq2vl_jax.text import contract as contract_lib
+
+    record = hf_config.get(CONTRACT_KEY)
+    if record is None:
+        return contract_lib.ORIGINAL
+    if not isinstance(record, dict):
+        raise UserError(f"'{where}': {CONTRACT_KEY} must be an object, got {record!r}")
+    return contract_lib.PromptContract.from_dict(record)
 

@@ -5,8 +5,8 @@ items over processes, so evaluation is data parallel over processes and devices 
 
 Prompts: "base" requests become `<s>` + the text with one image block at each `<image>` (every text chunk tokenized
 on its own, as the original's `tokenizer_image_token`; the first token of a chunk after an image is kept, unlike the
-original's bug, docs/sft.md); "chat" requests become the SFT chat prompt of `text/chat.py` ("open_qwen2vl") with the
-generation prompt. Images are decoded and resized exactly as in training. Generated text is the decoded new tokens
+original's bug, docs/sft.md); "chat" requests become the SFT chat prompt of `text/chat.py` with the generation
+prompt, in the checkpoint's prompt contract (text/contract.py; what `VLMInference` and the generate CLI send). Images are decoded and resized exactly as in training. Generated text is the decoded new tokens
 without special tokens, stripped; a stop string's token is kept (as Hugging Face keeps the EOS it stopped on).
 Candidate probabilities: the first generated token's distribution, renormalised over single-token candidates.
 """
@@ -17,8 +17,6 @@ from typing import Sequence
 
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.evals.kit import IMAGE_MARKER, Request
-
-CHAT_FORMAT = "open_qwen2vl"
 
 
 class InferenceModel:
@@ -34,23 +32,36 @@ class InferenceModel:
 
             multihost_utils.sync_global_devices(f"evals-{name}")
 
-    def _prompt(self, r: Request, where: str):
-        from oq2vl_jax.inference.prompts import Prompt, load_image
-        from oq2vl_jax.text import chat, documents as tok_lib
+    def _document(self, r: Request, num_images: int, where: str):
+        from oq2vl_jax.inference.prompts import chat_document
+        from oq2vl_jax.text import documents as tok_lib
 
         cfg = self.vlm.config
-        pixels = tuple(load_image(s, cfg.vision.image_size, f"{where} image {i}") for i, s in enumerate(r.images))
         if r.template == "chat":
-            doc = chat.generation_prompt([{"role": "user", "content": r.prompt}], CHAT_FORMAT, self.vlm.encoder,
-                                         cfg.tokens_per_image)
+            doc = chat_document(self.vlm.encoder, [{"role": "user", "content": r.prompt}], cfg.tokens_per_image,
+                                num_images, self.vlm.contract, where)
         else:  # an image block at each marker
             parts: list = []
             for k, chunk in enumerate(r.prompt.split(IMAGE_MARKER)):
                 parts += [k - 1, chunk] if k else [chunk]
             doc = tok_lib.prompt_document(self.vlm.encoder, parts, cfg.tokens_per_image)
-        if doc.num_images != len(pixels):
-            raise UserError(f"{where}: the prompt has {doc.num_images} image slot(s) for {len(pixels)} image(s)")
-        return Prompt(doc, pixels)
+        if doc.num_images != num_images:
+            raise UserError(f"{where}: the prompt has {doc.num_images} image slot(s) for {num_images} image(s)")
+        return doc
+
+    def _prompt(self, r: Request, where: str):
+        from oq2vl_jax.inference.prompts import Prompt, load_image
+
+        size = self.vlm.config.vision.image_size
+        pixels = tuple(load_image(s, size, f"{where} image {i}") for i, s in enumerate(r.images))
+        return Prompt(self._document(r, len(pixels), where), pixels)
+
+    def prompt_text(self, r: Request) -> str:
+        """The request's prompt as the model sees it (decoded, image blocks as `<image:N tokens>`)."""
+        from oq2vl_jax.inference.prompts import describe
+
+        doc = self._document(r, len(r.images), "request")
+        return describe(doc, lambda ids: self.vlm.tokenizer.decode(ids, skip_special_tokens=False))
 
     def generate(self, requests: Sequence[Request]) -> list[str]:
         from oq2vl_jax.inference.sampler import SamplingParams

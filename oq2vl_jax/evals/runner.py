@@ -150,10 +150,13 @@ def run_task(task: Task, items: Sequence[Item], model: EvalModel, out_dir: str, 
         real = len(chunk)
         filler = chunk[-1] if chunk else pending[0]
         chunk += [filler] * (batch - real if n_batches > 1 or process_count > 1 else 0)
-        outputs = _call_model(model, [task.requests(it, style) for it in chunk])
+        requests = [task.requests(it, style) for it in chunk]
+        outputs = _call_model(model, requests)
         records = []
-        for it, out in zip(chunk[:real], outputs[:real]):
+        for it, reqs, out in zip(chunk[:real], requests[:real], outputs[:real]):
             rec = {"id": it.id, "category": it.category, "outputs": out}
+            if hasattr(model, "prompt_text"):  # the exact prompt per request (lmms-eval's --log_samples)
+                rec["prompts"] = {name: model.prompt_text(r) for name, r in reqs.items()}
             rec.update(task.score(it, out, item_rng(seed, task.name, it.id)))
             records.append(rec)
         _append(my_part, records)

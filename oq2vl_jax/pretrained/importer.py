@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class Imported:
     vision_extra: dict
     description: list[str]  # one line per source, for the CLI summary
     llm_hf_config: dict | None = None  # the source config.json of the LLM, so exports can keep its other fields
+    contract: Any = None  # text/contract.py PromptContract the source was taught with (None: never chat-trained)
 
 
 def apply_vision_overrides(cfg: SiglipConfig, overrides: dict | None, where: str) -> SiglipConfig:

@@ -84,29 +84,39 @@ class ChatDocument:
         return 0 if self.layout is None else self.layout.num_images
 
 
-def _content_text(content: Any) -> str:
+def _content_text(content: Any, image_separator: str = "\n") -> str:
+    """A turn's content as text with `<image>` placeholders. HF-style parts: each image part is `<image>`, and a run
+    of image parts followed by a text part is joined to it with `image_separator` unless the text starts with it
+    (LLaVA's "<image>\\n" layout; the exported chat template writes the same, convert/llava.py)."""
     if isinstance(content, str):
         return content
     if isinstance(content, (list, tuple)):  # HF-style parts
         out = []
+        after_image = False
         for part in content:
             kind = part.get("type") if isinstance(part, Mapping) else None
             if kind == "image":
                 out.append(IMAGE_PLACEHOLDER)
+                after_image = True
             elif kind == "text" and isinstance(part.get("text"), str):
-                out.append(part["text"])
+                text = part["text"]
+                glue = after_image and not text.startswith(image_separator)
+                out.append((image_separator if glue else "") + text)
+                after_image = False
             else:
                 raise ConversationError(f"unsupported content part {part!r}")
         return "".join(out)
     raise ConversationError(f"turn content must be text, got {type(content).__name__}")
 
 
-def normalize_turns(turns: Any, num_images: int | None = None, *,
-                    for_generation: bool = False) -> tuple[str | None, list[tuple[str, str]], dict[str, int]]:
+def normalize_turns(turns: Any, num_images: int | None = None, *, for_generation: bool = False,
+                    image_separator: str = "\n") -> tuple[str | None, list[tuple[str, str]], dict[str, int]]:
     """(system text or None, [(role, text)] alternating user/assistant from a user turn, repair counts).
 
     num_images: the record's image count (None: as many as placeholders). for_generation: the conversation must
-    end with a user turn (it is the prompt), which is then kept. Raises ConversationError.
+    end with a user turn (it is the prompt), which is then kept, and placeholders without images are an error.
+    image_separator: between images given apart from the text and that text (text/contract.py). Raises
+    ConversationError.
     """
     if not isinstance(turns, (list, tuple)) or not turns:
         raise ConversationError("conversation must be a non-empty list of turns")
@@ -122,7 +132,7 @@ def normalize_turns(turns: Any, num_images: int | None = None, *,
         role = turn.get("from", turn.get("role"))
         if role not in ROLE_NAMES:
             raise ConversationError(f"unknown role {role!r}; known: {sorted(ROLE_NAMES)}")
-        parsed.append((ROLE_NAMES[role], _content_text(turn.get("value", turn.get("content")))))
+        parsed.append((ROLE_NAMES[role], _content_text(turn.get("value", turn.get("content")), image_separator)))
     system = None
     if parsed[0][0] == SYSTEM:
         system = parsed.pop(0)[1]
@@ -150,9 +160,9 @@ def normalize_turns(turns: Any, num_images: int | None = None, *,
     placeholders = sum(text.count(IMAGE_PLACEHOLDER) for _, text in merged)
     if num_images is not None and placeholders != num_images:
         if placeholders == 0:   # LLaVA's convention: the image goes before the first user message
-            merged[0] = (USER, IMAGE_PLACEHOLDER * num_images + "\n" + merged[0][1])
+            merged[0] = (USER, IMAGE_PLACEHOLDER * num_images + image_separator + merged[0][1])
             repair(REPAIRED_PLACEHOLDER)
-        elif num_images == 0:   # text-only record (or its image was unusable): the placeholders go
+        elif num_images == 0 and not for_generation:  # text-only record (or its image was unusable): they go
             merged = [(role, text.replace(IMAGE_PLACEHOLDER, "")) for role, text in merged]
             repair(REPAIRED_PLACEHOLDER)
         else:
@@ -252,15 +262,18 @@ def conversation_document(messages: Any, fmt: str, tokenizer, tokens_per_image: 
     return ChatDocument(_tokenize_units(encoder, units, tokens_per_image, reference_compat), counts)
 
 
-def generation_prompt(messages: Any, fmt: str, tokenizer, tokens_per_image: int, *,
-                      reference_compat: bool = False) -> DocumentLayout:
+def generation_prompt(messages: Any, fmt: str, tokenizer, tokens_per_image: int, *, num_images: int | None = None,
+                      reference_compat: bool = False, image_separator: str = "\n") -> DocumentLayout:
     """The prompt document for inference: the conversation so far (ending with a user turn) followed by the
     assistant header, as `apply_chat_template(add_generation_prompt=True)`; the k-th image block is the k-th
     `<image>` placeholder. "open_qwen2vl" ends with "<|im_end|>assistant\\n" exactly as its training documents do
     (the original's `get_potential_prompt` rstrips that "\\n", but its evaluation never uses the chat template).
-    Raises ConversationError for a malformed conversation."""
+    num_images: the images of the request (None: one per placeholder); images without placeholders go before the
+    first user text as in training (`normalize_turns`). Token for token the training document of the same
+    conversation up to its first answer token (tests/text/test_contract.py). Raises ConversationError for a
+    malformed conversation."""
     encoder = TextEncoder.from_tokenizer(tokenizer)
-    system, turns, _ = normalize_turns(messages, None, for_generation=True)
+    system, turns, _ = normalize_turns(messages, num_images, for_generation=True, image_separator=image_separator)
     units = render(system, turns, fmt, add_generation_prompt=True)
     layout = _tokenize_units(encoder, units, tokens_per_image, reference_compat)
     return DocumentLayout(layout.ids, layout.image_mask, layout.image_starts, None)

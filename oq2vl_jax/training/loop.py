@@ -31,6 +31,7 @@ from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.data.stats import DataStats, add_counts
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.text import contract as contract_lib
 from oq2vl_jax.training import flops as flops_lib
 from oq2vl_jax.training import metrics as metrics_lib
 from oq2vl_jax.training import setup
@@ -173,7 +174,8 @@ def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
     eval_step = (make_eval_step(parts, mesh, shardings, compiler_options=compiler_options)
                  if t.eval_every and config.data.eval_sources else None)
 
-    meta = checkpoint_io.make_meta(vlm_config, stage=stage, train_config=config.to_json_best_effort())
+    meta = checkpoint_io.make_meta(vlm_config, stage=stage, train_config=config.to_json_best_effort(),
+                                   **checkpoint_io.contract_meta(contract_lib.for_data_config(config.data)))
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=bool(config.log.tensorboard))
     from oq2vl_jax.training.evaluators import TrainingEvaluators  # config.evals: benchmark / demo evaluators
     evaluators = TrainingEvaluators.from_config(

@@ -145,7 +145,8 @@ COMMANDS = {
     '--config.init.init_from=runs/pretrain/checkpoints --config.data.sources=\'({"kind": "llava", "path": '
     '"/data/llava/llava_v1_5_mix665k.json", "image_root": "/data/llava/images"},)\'':
         ByTest("tests/test_sft_configs.py::test_sft_dry_run_through_the_cli"),
-    'python -m oq2vl_jax.evaluate --ckpt runs/demo --task demo --data runs/demo/demo_data --out runs/demo/eval':
+    'python -m oq2vl_jax.evaluate --ckpt runs/demo_sft --task demo --data runs/demo_sft/sft_data --out runs/demo_sft/eval '
+    '--prompt chat':
         Help(("-m", "oq2vl_jax.evaluate")),
     'python -m oq2vl_jax.evaluate --ckpt CKPT --task mmmu,mmbench,seedbench,mmstar,ai2d,textvqa,mathvista,pope '
     '--data DIR --out OUT [--prompt reference|chat] [--batch B] [--limit N]':

@@ -14,9 +14,10 @@ from fixtures.convert import (GRID, assert_trees_equal, hf_llm, hf_vision, impor
                               tiny_tokenizer_dir)
 from oq2vl_jax import checkpoint_io
 from oq2vl_jax.convert import exporter, llava
+from oq2vl_jax.convert.chat_template import chat_template
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.params import vlm_from_params
-from oq2vl_jax.text import tokens
+from oq2vl_jax.text import contract as contract_lib, tokens
 
 LOGIT_TOLERANCE = 1e-4
 
@@ -28,16 +29,21 @@ def exported(tmp_path_factory, imported_ckpt):
     return out
 
 
-def test_chat_template_is_the_references(exported):
+def test_chat_template_writes_the_checkpoints_contract(exported):
+    """The template renders the checkpoint's prompt contract (tests/convert/test_chat_template.py checks the ids
+    for every format x label mode x shape): a checkpoint trained here keeps the "\\n" after the image."""
     processor = transformers.AutoProcessor.from_pretrained(exported)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": " What is it? "}]},
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it? "}]},
                 {"role": "assistant", "content": "A cat."}, {"role": "user", "content": "Sure?"},
                 {"role": "assistant", "content": ""}]
     assert processor.apply_chat_template(messages) == (
         "<s><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n<image>What is it?<|im_end|>assistant\nA cat.<|im_end|>\n"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|>assistant\nA cat.<|im_end|>\n"
         "<|im_start|>user\nSure?<|im_end|>assistant\n <|im_end|>\n")
     plain = [{"role": "user", "content": "<image>\nDescribe."}]
+    assert processor.apply_chat_template(plain).endswith("user\n<image>\nDescribe.<|im_end|>assistant\n")
+    # the original's release (reference_compat): its tokenizer dropped the "\n" after the image
+    processor.chat_template = chat_template(contract_lib.ORIGINAL)
     assert processor.apply_chat_template(plain).endswith("user\n<image>Describe.<|im_end|>assistant\n")
 
 

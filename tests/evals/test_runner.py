@@ -173,3 +173,20 @@ def test_cli_entry_point(tmp_path):
     assert "| t | strict | 50.00 | 100.00 | 50.00 | 2 | 0 | 1 | 1 |" in r.stdout
     r = run("compare", str(tmp_path / "A"), str(tmp_path / "missing"))
     assert r.returncode == 2 and "missing" in r.stderr
+
+
+def test_help_lists_the_tasks_and_records_carry_the_prompt(demo_dir, tmp_path):
+    help_text = " ".join(cli._eval_parser().format_help().split())
+    assert all(name in help_text for name in registry.TASKS)
+
+    class PromptModel(FakeModel):
+        def prompt_text(self, r):
+            return f"<{r.template}>{r.prompt}"
+
+    out = str(tmp_path / "out")
+    _run(demo_dir, out, PromptModel(), style="chat", limit=3)
+    records = runner.read_records(os.path.join(out, "demo", runner.PREDICTIONS))
+    assert len(records) == 3
+    for rec in records:
+        assert set(rec["prompts"]) == set(rec["outputs"]) and all(p.startswith("<chat>") for p in
+                                                                  rec["prompts"].values())

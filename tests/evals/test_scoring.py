@@ -20,6 +20,9 @@ OPTIONS = {"A": "red circle", "B": "blue square", "C": "green star", "D": "yello
     ("", None), ("I cannot tell", None),  # no answer
     ("A or B", None),  # two letters, no "answer is"
     ("B is right because the A option is a red circle and not a blue square at all", None),  # B not in the last 5
+    # VLMEvalKit's can_infer: a refusal and a lone "Z" are no answer, the option-text fallback is not tried
+    ("Cannot determine the answer, maybe the blue square", None), ("Z", None), ("Z. blue square", None),
+    ("cannot determine the answer, maybe the blue square", "B"),  # its refusal strings match as written
 ])
 def test_extract_letter(output, want):
     assert choice.extract_letter(output, OPTIONS) == want

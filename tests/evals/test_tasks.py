@@ -183,3 +183,27 @@ def test_register_refuses_a_nameless_task_and_a_second_task_of_one_name():
     with pytest.raises(ValueError, match="two tasks are named 'seedbench'"):
         kit.register(Twin)
     assert kit.TASKS["seedbench"] is not Twin
+
+
+MC_TASKS = ("mmbench", "seedbench", "mmstar", "ai2d", "mantis", "realworldqa")  # strict = choice.extract_letter
+
+
+@pytest.mark.parametrize("name", MC_TASKS)
+def test_refusal_or_lone_z_is_no_answer_in_every_mc_task(tmp_path, name):
+    """VLMEvalKit's can_infer: a refusal ("Cannot determine the answer ...") or a lone "Z" is no answer even when the
+    output names the right option's text; the option text alone is still read (the fallback works)."""
+    outputs, _ = WRITERS[name](str(tmp_path))
+    task = registry.TASKS[name]()
+    checked = 0
+    for it in task.load(str(tmp_path)):
+        options = it.fields.get("parsed_options") or it.fields.get("options")
+        gold = chr(65 + it.fields["label"]) if "label" in it.fields else str(it.fields.get("answer"))  # ai2d: index
+        if not isinstance(options, dict) or gold not in options:
+            continue  # an open question of a mixed task
+        for text, want in ((f"Cannot determine the answer; it may be {options[gold]}", 0.0),
+                           (f"Z. {options[gold]}", 0.0), (options[gold], 1.0)):
+            out = {**outputs[it.id], "answer": text}
+            scored = task.score(it, out, item_rng(0, name, it.id))
+            assert scored["strict"] == want, (name, it.id, text, scored)
+        checked += 1
+    assert checked >= 1

@@ -13,17 +13,15 @@ import pytest
 from PIL import Image
 
 from fixtures.paths import REPO
-from fixtures.inference import tiny_config, tiny_tokenizer
+from fixtures.inference import run_generate_cli, tiny_config, tiny_tokenizer
 from oq2vl_jax import checkpoint_io, generate
-from oq2vl_jax.text import tokens
+from oq2vl_jax.text import contract as contract_lib, tokens
 
 ROOT = REPO
 
 
 def run_cli(*args, cwd=ROOT, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_backend_optimization_level=0")
-    return subprocess.run([sys.executable, "-m", "oq2vl_jax.generate", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_generate_cli(*args, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,8 @@ def ckpt(tmp_path_factory):
     tokens.prepare(tiny_tokenizer(str(root / "tok_src")), tok, vocab_size=config.llm.vocab_size)
     params = jax.tree.map(np.asarray, param_tree(VLM(config, rngs=nnx.Rngs(0))))
     out = str(root / "ckpt")
-    checkpoint_io.save_params(out, params, config, tokenizer_dir=tok)
+    checkpoint_io.save_params(out, params, config, tokenizer_dir=tok,
+                              **checkpoint_io.contract_meta(contract_lib.TRAINED_DEFAULT))
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / "a.png")
     return out
 

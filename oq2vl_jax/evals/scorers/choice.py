@@ -2,8 +2,11 @@
 
 Strict rule, `extract_letter(output, options)` (VLMEvalKit `vlmeval/utils/matching_util.py` `can_infer`, used with
 the `exact_matching` policy, i.e. without an LLM judge):
+0. A refusal (one of VLMEvalKit's `reject_to_answer` strings, as written, e.g. "Cannot determine the answer") is no
+   answer, and nothing else is tried (`can_infer_option` returns "Z", which `can_infer` does not look past).
 1. Replace the characters `.()[],:;!*#{}` by spaces and split into words. If exactly one word is an option letter
    (upper case) and it is among the last five words, that letter is the answer ("(B)", "B.", "B", "The answer is B").
+   If no word is an option letter but one is "Z" (VLMEvalKit's "no answer" letter), that is no answer, as 0.
 2. Else, "answer is X" / "correct answer is X" (case-insensitive, X in A-D, `**` allowed around it).
 3. Else, option text: if the output (lower case) is at most twice the total option text length and contains exactly
    one option's text (lower case), that option is the answer ("a red circle" for option B "red circle").
@@ -22,12 +25,13 @@ _SPLIT_CHARS = ".()[],:;!*#{}"
 _ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 _REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
              "I'm sorry, but without the image provided", "Cannot determine the answer")
+NO_ANSWER = "Z"  # VLMEvalKit's letter for "the output names no option"
 
 
 def _letter_by_option(output: str, letters: tuple[str, ...]) -> str | None:
-    for refusal in _REFUSALS:
-        if refusal in output:
-            return None
+    """An option letter, NO_ANSWER (a refusal or a lone "Z": stop, rule 0), or None (try the option text)."""
+    if any(refusal in output for refusal in _REFUSALS):
+        return NO_ANSWER
     words = output
     for c in _SPLIT_CHARS:
         words = words.replace(c, " ")
@@ -35,6 +39,8 @@ def _letter_by_option(output: str, letters: tuple[str, ...]) -> str | None:
     present = [c for c in letters if c in words]
     if len(present) == 1 and words.index(present[0]) > len(words) - 5:
         return present[0]
+    if not present and NO_ANSWER not in letters and NO_ANSWER in words:
+        return NO_ANSWER
     m = _ANSWER_IS.search(output)
     if m and m.group(1).upper() in letters:
         return m.group(1).upper()
@@ -51,8 +57,10 @@ def _letter_by_text(output: str, options: Mapping[str, str]) -> str | None:
 
 def extract_letter(output: str, options: Mapping[str, str]) -> str | None:
     """The strict rule above; `options` maps letters to option texts. None when no answer can be read."""
-    letters = tuple(options)
-    return _letter_by_option(output, letters) or _letter_by_text(output, options)
+    letter = _letter_by_option(output, tuple(options))
+    if letter == NO_ANSWER and NO_ANSWER not in options:
+        return None
+    return letter or _letter_by_text(output, options)
 
 
 def options_from(row: Mapping, letters: tuple[str, ...] = LETTERS) -> dict[str, str]:
