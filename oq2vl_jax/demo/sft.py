@@ -25,7 +25,8 @@ import random
 from absl import logging
 
 from oq2vl_jax.demo import shapes as demo
-from oq2vl_jax.demo.setup import read_marker, write_marked_dir
+from oq2vl_jax.demo.setup import local_paths, read_marker, write_marked_dir
+from oq2vl_jax.storage import paths as storage
 
 IMAGE_QUESTIONS = {
     "colour": ("What colour is the shape?", "{Colour}."),
@@ -88,7 +89,7 @@ def prepare_sft_demo(config, workdir: str) -> dict | None:
     if config.data.sources:
         logging.info("demo_sft: data.sources given; the synthetic SFT set is not used")
         return None
-    data_dir = os.path.abspath(d.data_dir or os.path.join(workdir, "sft_data"))
+    data_dir = storage.resolve(d.data_dir or storage.join(workdir, "sft_data"))  # may be a bucket prefix
     paths = read_marker(data_dir, SFT_KEYS)
     if paths is None:
         logging.info("demo_sft: writing synthetic SFT conversations to %s", data_dir)
@@ -100,4 +101,4 @@ def prepare_sft_demo(config, workdir: str) -> dict | None:
     if not config.data.eval_sources:
         config.data.eval_sources = ({**spec, "path": paths["eval"]},)
     logging.info("demo_sft: data.sources -> %s, data.eval_sources -> %s", paths["train"], paths["eval"])
-    return paths
+    return local_paths(paths)  # the answer scores read local files (copies of a bucket set's)
