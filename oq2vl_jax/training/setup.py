@@ -14,6 +14,7 @@ from absl import logging
 
 from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.models.attention import resolve_backend
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.training import checks
 from oq2vl_jax.training.optimizer import make_optimizer
@@ -23,8 +24,13 @@ CHECKPOINT_SUBDIR = "checkpoints"
 VOCAB_MULTIPLE = 128  # random-init vocabularies are rounded up so the table shards evenly
 
 
-def model_options(model_cfg: Mapping) -> ModelOptions:
-    return ModelOptions(compute_dtype=model_cfg["compute_dtype"], attention=model_cfg["attention"],
+def model_options(model_cfg: Mapping, platform: str | None = None) -> ModelOptions:
+    """The model's options; attention "auto" resolves from `platform`, the mesh's devices' (a step compiled for TPU
+    on a CPU host must get splash, not the host's choice); without one, from jax's default backend."""
+    attention = model_cfg["attention"]
+    if attention == "auto" and platform:
+        attention = resolve_backend(attention, platform)
+    return ModelOptions(compute_dtype=model_cfg["compute_dtype"], attention=attention,
                         remat=model_cfg["remat"], vision_chunk=int(model_cfg["vision_chunk"]),
                         loss_chunk=int(model_cfg["loss_chunk"]), reference_compat=bool(model_cfg["reference_compat"]))
 
