@@ -102,7 +102,6 @@ class VLM(nnx.Module):
     def loss(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """(sum of loss_weights * NLL(targets), sum of loss_weights): the trainer divides for a token-weighted mean."""
         hidden = self.hidden_states(batch)
-        b, l, d = hidden.shape
         kernel, layout = self.llm.unembed_kernel()
-        return chunked_cross_entropy(hidden.reshape(b * l, d), kernel, layout, batch["targets"].reshape(-1),
-                                     batch["loss_weights"].reshape(-1), self.options.loss_chunk)
+        return chunked_cross_entropy(hidden, kernel, layout, batch["targets"], batch["loss_weights"],
+                                     self.options.loss_chunk)

@@ -236,7 +236,9 @@ def _callees(inst: Instruction) -> list[tuple[str, str]]:
 
 
 def _group_size(attrs: str, default: int) -> int:
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)  # mesh['axis_0'=2,'axis_1'=4] {'axis_1'}
+    # mesh['axis_0'=2,'axis_1'=4] {'axis_1'}, possibly with ", device_ids=([2,4]T(1,0))" before the braces
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\(\[[\d,]*\](?:T\([\d,]*\))?\))?\s*\{([^}]*)\}",
+                  attrs)
     if m:
         sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)", m.group(1))}
         return math.prod(sizes.get(a, 1) for a in re.findall(r"'([^']+)'", m.group(2)))
@@ -325,6 +327,37 @@ def instruction_flops(inst: Instruction) -> float:
     return 0.0
 
 
+def _users(insts: list[Instruction]) -> dict[str, list[Instruction]]:
+    users: dict[str, list[Instruction]] = defaultdict(list)
+    for inst in insts:
+        for name in set(re.findall(r"%([\w.\-]+)", inst.operand_text)):
+            users[name].append(inst)
+    return users
+
+
+def _only_sliced(name: str, users: dict[str, list[Instruction]]) -> bool:
+    """Whether every use of an all-reduce's result (through get-tuple-element) keeps only a slice of it.
+
+    XLA:GPU and XLA:TPU rewrite such an all-reduce into a reduce-scatter (ReduceScatterCreator); XLA:CPU has no such
+    pass, so on simulated CPU devices it is counted as the reduce-scatter the targets compile."""
+    pending, seen = [name], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        uses = users.get(current, [])
+        if not uses:
+            return False
+        for use in uses:
+            if use.opcode == "get-tuple-element":
+                pending.append(use.name)
+            elif not ("dynamic-slice" in use.name or "dynamic-update-slice" in use.name
+                      or use.opcode == "dynamic-slice"):
+                return False
+    return True
+
+
 def analyze(text: str, num_devices: int) -> HloStats:
     """Stats of one device's program (SPMD: every device runs the same one)."""
     comps, entry = parse_computations(text)
@@ -381,9 +414,12 @@ def analyze(text: str, num_devices: int) -> HloStats:
         n = count[comp]
         if comp in skip_inside or n == 0:
             continue
+        users = _users(comps[comp])
         for inst in comps[comp]:
             flops += n * instruction_flops(inst)
             kind = _collective_kind(inst)
+            if kind == "all-reduce" and _only_sliced(inst.name, users):
+                kind = "reduce-scatter"
             if kind:
                 group = _group_size(inst.attrs, num_devices)
                 link, shape = _link_bytes(kind, inst, group)

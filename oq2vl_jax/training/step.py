@@ -67,6 +67,22 @@ def _micro_batches(batch: Mapping[str, jax.Array], count: int) -> dict[str, jax.
     return {k: split(v) for k, v in batch.items()}
 
 
+def compute_copy(params: Mapping, shardings: Mapping, dtype, replicate=(), mesh: Mesh | None = None) -> dict:
+    """The parameters as the model uses them: matrices cast to the compute dtype while still sharded (so FSDP gathers
+    them, and reduce-scatters their gradients, in that dtype: the cast's transpose casts the gradient back), pinned to
+    their stored sharding (the gradient then leaves each micro-batch reduce-scattered, not all-reduced).
+
+    Towers in `replicate` (frozen ones: no gradient) are gathered here, once per micro-batch, instead of inside the
+    loops that use them (the vision tower runs in a loop over image chunks). Values are unchanged: the model casts
+    to the compute dtype anyway; vectors (norms, biases) keep their dtype."""
+    def one(x, sharding, gather):
+        x = x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x
+        x = jax.lax.with_sharding_constraint(x, sharding)
+        return jax.lax.with_sharding_constraint(x, parallel.replicated(mesh)) if gather else x
+    return {name: jax.tree.map(lambda x, s: one(x, s, name in replicate), tree, shardings[name])
+            for name, tree in params.items()}
+
+
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, mesh: Mesh, *, micro_batches: int,
                     lr_fn: Callable[[jax.Array], jax.Array], state_shardings: TrainState,
                     compiler_options: Mapping[str, Any] | None = None
@@ -76,8 +92,11 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, mesh: M
     compat = parts.options.reference_compat
     act = parallel.activation_sharding_fn(mesh)
     micro_shardings = batch_shardings(mesh)
+    compute = jnp.dtype(parts.options.compute_dtype)
 
     def objective(trainable, frozen, micro):
+        trainable = compute_copy(trainable, state_shardings.trainable, compute)
+        frozen = compute_copy(frozen, state_shardings.frozen, compute, replicate=frozen.keys(), mesh=mesh)
         nll, weight = parts.model(merge_params(trainable, frozen)).loss(micro)
         scaled = nll / jnp.maximum(weight, 1.0) / micro_batches if compat else nll
         return scaled, (nll, weight)
