@@ -27,5 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.update(lr=5e-5, weight_decay=0.01, warmup_ratio=0.03, clip_norm=1.0)
     c.mesh.update(data=1, fsdp=-1, tensor=1)   # FSDP over the 8 GPUs (the reference: FSDP full shard)
     c.checkpoint.update(every_steps=500, keep=3)
-    c.hardware.update(num_devices=8, device_memory_gib=40.0)
+    c.hardware.update(num_devices=8, device_memory_gib=40.0, target="8xa100-40gb")
     return c

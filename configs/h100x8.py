@@ -13,5 +13,5 @@ def get_config() -> ml_collections.ConfigDict:
     c = a100x8["get_config"]()
     c.train.micro_batches = 8
     c.data.worker_count = 24
-    c.hardware.update(num_devices=8, device_memory_gib=80.0)
+    c.hardware.update(num_devices=8, device_memory_gib=80.0, target="8xh100")
     return c

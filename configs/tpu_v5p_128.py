@@ -17,5 +17,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.micro_batches = 2                  # 256 rows / 64 chips / 2 = 2 rows per chip per micro-batch
     c.data.worker_count = 8
     c.mesh.update(data=1, fsdp=-1, tensor=1)
-    c.hardware.update(num_devices=64, device_memory_gib=95.0)
+    c.hardware.update(num_devices=64, device_memory_gib=95.0, target="v5p-128")
     return c

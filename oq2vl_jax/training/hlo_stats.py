@@ -6,6 +6,8 @@ nothing for a GPU target compiled without a device, so the numbers that matter f
   flops        matmul FLOPs: dot and convolution (2 per multiply-add), cuBLAS gemm custom calls (their dot
                dimension numbers), cuDNN fused attention (4 B H T S D forward, 10 backward with the recomputation;
                halved for a causal mask) and Pallas/Mosaic kernels that declare a cost estimate.
+  hbm_bytes    an estimate of memory traffic: operands + results of every instruction outside fusions (a fusion reads
+               its inputs and writes its outputs once), as XLA's own cost model counts them.
   collectives  per kind, the bytes one device moves over its links, ring accounting on a group of n devices:
                all-gather out (n-1)/n, reduce-scatter in (n-1)/n, all-reduce 2 in (n-1)/n, all-to-all in (n-1)/n,
                collective-permute in. Async pairs (-start/-done) count once; TPU's "all-reduce-scatter" fusions
@@ -34,6 +36,10 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*\))?\s*->.*\{\s*
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _CALLEES = re.compile(r"\b(body|condition|to_apply|calls|true_computation|false_computation|branch_computations)"
                       r"=(\{[^}]*\}|%?[\w.\-]+)")
+# instructions that move no data through memory themselves (control flow, views, tuples)
+_NO_MEMORY_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while", "conditional",
+                      "call", "after-all", "partition-id", "replica-id", "iota", "all-gather-done", "all-reduce-done",
+                      "collective-permute-done", "async-done", "copy-done", "opt-barrier"}
 _OPERAND_NAME = re.compile(r"%([\w.\-]+)\s*$")
 
 
@@ -106,6 +112,7 @@ class HloStats:
     loops: list[Loop]
     unknown_trip_counts: int
     bodies: dict[str, set[str]]  # while-body computation -> every computation it runs (itself included)
+    hbm_bytes: float = 0.0       # estimate: operands + results of every unfused instruction, trip counts included
 
     def bytes_by_kind(self) -> dict[str, float]:
         out = {k: 0.0 for k in COLLECTIVE_KINDS}
@@ -367,8 +374,11 @@ def analyze(text: str, num_devices: int) -> HloStats:
     loops: list[Loop] = []
     unknown = 0
     skip_inside: set[str] = set()  # fusions that stand for one collective (TPU all-reduce-scatter)
+    fused: set[str] = set()        # computations inside a fusion or custom call: their values stay on chip
     for comp, insts in comps.items():
         for inst in insts:
+            if inst.opcode in ("fusion", "custom-call"):
+                fused.update(c for _, c in _callees(inst))
             if _collective_kind(inst) == "reduce-scatter" and inst.opcode == "fusion":
                 skip_inside.update(c for _, c in _callees(inst))
             for role, callee in _callees(inst):
@@ -409,7 +419,7 @@ def analyze(text: str, num_devices: int) -> HloStats:
 
     for loop in loops:
         bodies[loop.body] = reach(loop.body, set())
-    flops, collectives = 0.0, []
+    flops, hbm, collectives = 0.0, 0.0, []
     for comp in order:
         n = count[comp]
         if comp in skip_inside or n == 0:
@@ -417,6 +427,8 @@ def analyze(text: str, num_devices: int) -> HloStats:
         users = _users(comps[comp])
         for inst in comps[comp]:
             flops += n * instruction_flops(inst)
+            if comp not in fused and inst.opcode not in _NO_MEMORY_TRAFFIC:
+                hbm += n * (inst.operand_bytes + inst.result_bytes)
             kind = _collective_kind(inst)
             if kind == "all-reduce" and _only_sliced(inst.name, users):
                 kind = "reduce-scatter"
@@ -430,7 +442,8 @@ def analyze(text: str, num_devices: int) -> HloStats:
                 for loop in loops:
                     if loop.name == inst.name:
                         loop.count = count[comp]
-    return HloStats(flops=flops, collectives=collectives, loops=loops, unknown_trip_counts=unknown, bodies=bodies)
+    return HloStats(flops=flops, collectives=collectives, loops=loops, unknown_trip_counts=unknown, bodies=bodies,
+                    hbm_bytes=hbm)
 
 
 def memory_bytes(compiled) -> dict[str, float]:

@@ -131,4 +131,114 @@ def summary(step: CompiledStep, config) -> dict:
     return {"devices": devices, "memory": step.memory, "hlo_flops": step.hlo.flops,
             "formula_flops": formula_flops(step, config) / devices, "collectives": measured,
             "collective_bytes": sum(measured.values()), "bound": bound, "bound_bytes": sum(bound.values()),
-            "top": step.hlo.top_collectives(5), "unknown_trip_counts": step.hlo.unknown_trip_counts}
+            "top": step.hlo.top_collectives(5), "unknown_trip_counts": step.hlo.unknown_trip_counts,
+            "hbm_bytes": step.hlo.hbm_bytes}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report `python -m oq2vl_jax.train --dry_run --dry_run_compile` prints
+
+PAPER_TOKENS = 5e9  # the paper's pre-training: ~5B packed tokens, one epoch
+GB = 1e9
+GIB = 1024.0 ** 3
+
+
+def _out_of_memory(error: Exception) -> bool:
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "exceeds available" in text or "Out of memory" in text
+
+
+def _not_fit_line(config, target_name: str, detail: str) -> str:
+    t = config.train
+    rows = t.global_batch_rows // t.micro_batches
+    return (f"DOES NOT FIT on {target_name}: {detail}; raise --config.train.micro_batches (now {t.micro_batches}: "
+            f"{rows} rows per micro-batch) or use more devices (hardware.target / hardware.num_slices)")
+
+
+def projection(s: dict, config, hw) -> dict:
+    """Roofline per update from the compiled numbers: compute at the datasheet peak, memory traffic at the HBM
+    bandwidth, collectives at the interconnect bandwidth; the floor assumes they overlap perfectly."""
+    compute = s["hlo_flops"] / hw.peak_flops
+    memory = s["hbm_bytes"] / hw.hbm_bytes_per_s
+    links = s["collective_bytes"] / hw.link_bytes_per_s
+    floor = max(compute, memory, links)
+    tokens = int(config.train.global_batch_rows) * int(config.data.row_length)
+    tokens_per_s = tokens / floor
+    return {"compute_s": compute, "memory_s": memory, "links_s": links, "floor_s": floor, "serial_s":
+            compute + memory + links, "tokens_per_s": tokens_per_s,
+            "mfu_ceiling": s["formula_flops"] / (floor * hw.peak_flops),
+            "paper_hours": PAPER_TOKENS / tokens_per_s / 3600.0,
+            "paper_device_hours": PAPER_TOKENS / tokens_per_s / 3600.0 * s["devices"]}
+
+
+def report(config, target, step: CompiledStep, compile_s: float) -> list[str]:
+    hw = target.hardware
+    s = summary(step, config)
+    mem = s["memory"]
+    capacity = float(config.hardware.get("device_memory_gib", 0.0)) or hw.hbm_gib
+    t = config.train
+    lines = [f"plan: {target.name} x{target.num_slices} slice(s): {s['devices']} devices ({hw.device_kind}), mesh "
+             f"{dict(step.mesh.shape)}, stage {t.stage}, attention {step.parts.options.attention}, remat "
+             f"{config.model.remat}; compiled in {compile_s:.0f} s",
+             f"batch: {t.global_batch_rows} rows x {config.data.row_length} tokens per update, {t.micro_batches} "
+             f"micro-batches, {step.slots} image slots per row, {step.parts.config.tokens_per_image} tokens per image",
+             "per device and update (compiled program):"]
+    total = mem.get("total", 0.0) / GIB
+    fits = not capacity or total <= capacity
+    lines.append(f"  memory       {total:8.2f} GiB of {capacity:.1f} (arguments {mem.get('arguments', 0) / GIB:.2f}, "
+                 f"temporaries {mem.get('temporaries', 0) / GIB:.2f}, outputs not aliased "
+                 f"{(mem.get('outputs', 0) - mem.get('aliased', 0)) / GIB:.2f})")
+    if not fits:
+        lines.append("  " + _not_fit_line(config, target.name, f"{total:.1f} GiB per device > {capacity:.1f} GiB"))
+    lines.append(f"  FLOPs        {s['hlo_flops'] / 1e12:8.2f} TFLOP (matmuls, loop trip counts) vs formula "
+                 f"{s['formula_flops'] / 1e12:.2f} (training/flops.py, every slot an image): "
+                 f"{s['hlo_flops'] / s['formula_flops']:.2f}x")
+    ratio = s["collective_bytes"] / s["bound_bytes"] if s["bound_bytes"] else float("inf")
+    lines.append(f"  collectives  {s['collective_bytes'] / GB:8.2f} GB vs FSDP lower bound {s['bound_bytes'] / GB:.2f} "
+                 f"GB: {ratio:.2f}x the FSDP bound")
+    for kind, moved in s["collectives"].items():
+        if moved or s["bound"][kind]:
+            lines.append(f"    {kind:18s} {moved / GB:8.2f} GB (bound {s['bound'][kind] / GB:.2f})")
+    lines.append("  top contributors:")
+    for kind, shape, count, moved in s["top"]:
+        lines.append(f"    {kind:18s} {str(shape):24s} x{count:<6.0f} {moved / GB:8.2f} GB")
+    if s["unknown_trip_counts"]:
+        lines.append(f"  note: {s['unknown_trip_counts']} loops without a known trip count were counted once")
+    if hw.peak_flops:
+        p = projection(s, config, hw)
+        lines += ["projection (roofline from the compiled numbers and datasheet peaks; not a measurement):",
+                  f"  compute {p['compute_s']:.2f} s at {hw.peak_flops / 1e12:.0f} TFLOP/s, memory traffic "
+                  f"{s['hbm_bytes'] / GB:.0f} GB (estimate) {p['memory_s']:.2f} s at {hw.hbm_bytes_per_s / 1e12:.2f} "
+                  f"TB/s, collectives {p['links_s']:.2f} s at {hw.link_bytes_per_s / GB:.0f} GB/s",
+                  f"  step floor {p['floor_s']:.2f} s (perfect overlap; {p['serial_s']:.2f} s with none): "
+                  f"{p['tokens_per_s']:,.0f} tokens/s ({p['tokens_per_s'] / s['devices']:,.0f} per device), MFU "
+                  f"ceiling {100 * p['mfu_ceiling']:.0f}%",
+                  f"  {PAPER_TOKENS / 1e9:.0f}B tokens (the paper's pre-training): {p['paper_hours']:.1f} h wall-clock, "
+                  f"{p['paper_device_hours']:.0f} device-hours"]
+    return lines
+
+
+def plan(config) -> str:
+    """Compile the step for `hardware.target` and report; a step that does not fit is one line."""
+    import time
+
+    from oq2vl_jax.errors import UserError
+    from oq2vl_jax.training import targets
+
+    name = str(config.hardware.get("target", ""))
+    if not name:
+        raise UserError("--dry_run_compile needs hardware.target, e.g. --config.hardware.target=v5p-128 (or 8xh100, "
+                        "8xa100-40gb, v5e-256, cpu-8)")
+    target = targets.parse_target(name, int(config.hardware.get("num_slices", 1)))
+    targets.prepare_process(target)
+    devices = targets.target_devices(target)
+    start = time.perf_counter()
+    try:
+        step = compile_step(config, devices, platform=target.platform,
+                            compiler_options=targets.compiler_options(target))
+    except Exception as e:  # the compiler refuses a step that does not fit, with a long message
+        if _out_of_memory(e):
+            detail = next((ln.strip() for ln in str(e).splitlines() if "exceeds" in ln or "RESOURCE" in ln), "")
+            return _not_fit_line(config, target.name, detail[:200] or "the compiler ran out of device memory")
+        raise
+    return "\n".join(report(config, target, step, time.perf_counter() - start))
