@@ -21,7 +21,7 @@ VOCAB = 1152  # distinct from every other dimension of the demo model
 
 def guard_config(mesh: str):
     cfg = runpy.run_path(os.path.join(REPO, "configs", "demo.py"))["get_config"]()
-    cfg.model.update(vocab_size=VOCAB, remat="full")
+    cfg.model.update(vocab_size=VOCAB, remat="full", loss_chunk=32)  # 4 loss chunks per row of 128
     cfg.data.image_size = 36          # 9 x 9 = 81 patches of 4: distinct from the widths
     cfg.train.micro_batches = 2
     if mesh == "2x4":

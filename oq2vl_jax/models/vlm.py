@@ -14,7 +14,9 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from oq2vl_jax.models.attention import BATCH_MESH_AXES
 from oq2vl_jax.models.cache import KVCache
 from oq2vl_jax.models.losses import chunked_cross_entropy
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig
@@ -29,6 +31,13 @@ PIXEL_STD = 0.5
 def normalize_pixels(images: jax.Array) -> jax.Array:
     """uint8 RGB -> (x/255 - 0.5)/0.5 in float32, the reference's timm transform."""
     return (images.astype(jnp.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+def _device_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    """Inside shard_map: mark a replicated input as differing per device (the transpose sums the gradient here)."""
+    if hasattr(jax.lax, "pvary"):
+        return jax.lax.pvary(x, axes)
+    return jax.lax.pcast(x, axes, to="varying")
 
 
 class VLM(nnx.Module):
@@ -103,5 +112,24 @@ class VLM(nnx.Module):
         """(sum of loss_weights * NLL(targets), sum of loss_weights): the trainer divides for a token-weighted mean."""
         hidden = self.hidden_states(batch)
         kernel, layout = self.llm.unembed_kernel()
-        return chunked_cross_entropy(hidden, kernel, layout, batch["targets"], batch["loss_weights"],
-                                     self.options.loss_chunk)
+        kernel = kernel.astype(hidden.dtype)
+        chunk = self.options.loss_chunk
+        args = (hidden, batch["targets"], batch["loss_weights"])
+        mesh = jax.sharding.get_abstract_mesh()
+        axes = () if mesh is None or mesh.empty else tuple(
+            a for a in BATCH_MESH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+        if not axes:
+            return chunked_cross_entropy(hidden, kernel, layout, *args[1:], chunk)
+
+        # On a mesh: each device walks the chunks of its own rows with the whole (gathered once) output projection and
+        # keeps its gradient local; the partial gradients are summed once per micro-batch where the shard_map ends,
+        # not once per chunk (GSPMD would all-reduce a replicated [vocab, D] gradient in every chunk).
+        def local(h, k, t, w):
+            k = _device_varying(k, axes)  # here, so its gradient is summed here: once, not in every chunk
+            nll, weight = chunked_cross_entropy(h, k, layout, t, w, chunk)
+            return nll[None], weight[None]
+
+        rows = P(axes)
+        nll, weight = jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows), out_specs=(rows, rows))(
+            hidden, kernel, *args[1:])
+        return jnp.sum(nll), jnp.sum(weight)

@@ -272,8 +272,9 @@ def _link_bytes(kind: str, inst: Instruction, n: int) -> tuple[float, Shape]:
     biggest_out = max(inst.result, key=lambda s: s.bytes) if inst.result else Shape("u8", (0,))
     biggest_in = max(inst.operands, key=lambda s: s.bytes) if inst.operands else biggest_out
     frac = (n - 1) / n if n > 1 else 0.0
-    if kind == "all-gather":
-        return biggest_out.bytes * frac, biggest_out
+    if kind == "all-gather":  # an async start's result holds its operands, then the gathered outputs
+        gathered = inst.result_bytes - (inst.operand_bytes if inst.opcode.endswith("-start") else 0.0)
+        return gathered * frac, biggest_out
     if kind == "reduce-scatter":
         return inst.operand_bytes * frac, biggest_in
     if kind == "all-reduce":
@@ -308,7 +309,7 @@ def _conv_flops(inst: Instruction) -> float:
 def _custom_call_flops(inst: Instruction) -> float:
     target = re.search(r'custom_call_target="([^"]+)"', inst.attrs)
     target = target.group(1) if target else ""
-    if "gemm" in target.lower() and len(inst.operands) >= 2:
+    if ("gemm" in target.lower() or "cublas" in target.lower()) and len(inst.operands) >= 2:
         m = re.search(r'"lhs_contracting_dimensions"\s*:\s*\[([^\]]*)\]', inst.attrs)
         dims = [int(x.strip().strip('"')) for x in m.group(1).split(",") if x.strip()] if m else []
         lhs = inst.operands[0]
@@ -332,6 +333,21 @@ def instruction_flops(inst: Instruction) -> float:
     if inst.opcode == "custom-call":
         return _custom_call_flops(inst)
     return 0.0
+
+
+def memory_traffic(inst: Instruction) -> float:
+    """Bytes an unfused instruction reads and writes. In-place updates of a slice of a big buffer (the scan carries
+    that stack per-layer values) touch only the slice; a slice reads only what it returns."""
+    name = (inst.name if inst.opcode == "fusion" else inst.opcode).replace("_", "-")
+    if "dynamic-update-slice" in name and inst.operands:
+        return 2.0 * (inst.operand_bytes - max(s.bytes for s in inst.operands))
+    if "dynamic-slice" in name or inst.opcode == "slice":
+        return 2.0 * inst.result_bytes
+    if inst.opcode == "fusion" and any(s.dims == () and s.dtype in ("s32", "u32") for s in inst.operands):
+        # a fusion given a loop index reads a slice of the stacked operands it indexes: at most its output's size
+        cap = max(inst.result_bytes, 1.0)
+        return sum(min(s.bytes, cap) for s in inst.operands) + inst.result_bytes
+    return inst.operand_bytes + inst.result_bytes
 
 
 def _users(insts: list[Instruction]) -> dict[str, list[Instruction]]:
@@ -428,7 +444,7 @@ def analyze(text: str, num_devices: int) -> HloStats:
         for inst in comps[comp]:
             flops += n * instruction_flops(inst)
             if comp not in fused and inst.opcode not in _NO_MEMORY_TRAFFIC:
-                hbm += n * (inst.operand_bytes + inst.result_bytes)
+                hbm += n * memory_traffic(inst)
             kind = _collective_kind(inst)
             if kind == "all-reduce" and _only_sliced(inst.name, users):
                 kind = "reduce-scatter"
