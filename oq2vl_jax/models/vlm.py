@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from oq2vl_jax.models import layers
 from oq2vl_jax.models.attention import BATCH_MESH_AXES
 from oq2vl_jax.models.cache import KVCache
 from oq2vl_jax.models.losses import chunked_cross_entropy
@@ -35,6 +36,8 @@ def normalize_pixels(images: jax.Array) -> jax.Array:
 
 def _device_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
     """Inside shard_map: mark a replicated input as differing per device (the transpose sums the gradient here)."""
+    if not axes:
+        return x
     if hasattr(jax.lax, "pvary"):
         return jax.lax.pvary(x, axes)
     return jax.lax.pcast(x, axes, to="varying")
@@ -121,15 +124,26 @@ class VLM(nnx.Module):
         if not axes:
             return chunked_cross_entropy(hidden, kernel, layout, *args[1:], chunk)
 
-        # On a mesh: each device walks the chunks of its own rows with the whole (gathered once) output projection and
-        # keeps its gradient local; the partial gradients are summed once per micro-batch where the shard_map ends,
-        # not once per chunk (GSPMD would all-reduce a replicated [vocab, D] gradient in every chunk).
+        # On a mesh: each device walks the chunks of its own rows with the whole output projection, gathered once
+        # from its stored sharding; the gradient stays local over the chunks and is reduce-scattered back to that
+        # sharding once per micro-batch (GSPMD would all-reduce a replicated [vocab, D] gradient in every chunk).
+        names = ("vocab", "embed") if layout == "vd" else ("embed", "vocab")
+        spec = layers.partition_spec(names, kernel.shape) or P()
+        spec_axes = [() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in spec]
+        spec_axes += [()] * (kernel.ndim - len(spec_axes))
+        sharded_over = {a for entry in spec_axes for a in entry}
+
         def local(h, k, t, w):
-            k = _device_varying(k, axes)  # here, so its gradient is summed here: once, not in every chunk
+            # varying over the batch axes the kernel is replicated on: its gradient is summed over them here, once
+            k = _device_varying(k, tuple(a for a in axes if a not in sharded_over))
+            for dim, entry in enumerate(spec_axes):
+                if entry:  # all_gather's transpose is a reduce-scatter
+                    k = jax.lax.all_gather(k, entry if len(entry) > 1 else entry[0], axis=dim, tiled=True)
             nll, weight = chunked_cross_entropy(h, k, layout, t, w, chunk)
             return nll[None], weight[None]
 
         rows = P(axes)
-        nll, weight = jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows), out_specs=(rows, rows))(
-            hidden, kernel, *args[1:])
+        kernel_spec = P(*[None if not e else e[0] if len(e) == 1 else e for e in spec_axes])
+        nll, weight = jax.shard_map(local, mesh=mesh, in_specs=(rows, kernel_spec, rows, rows),
+                                    out_specs=(rows, rows))(hidden, kernel, *args[1:])
         return jnp.sum(nll), jnp.sum(weight)
