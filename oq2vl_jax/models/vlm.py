@@ -34,6 +34,10 @@ def normalize_pixels(images: jax.Array) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
+# rows over the batch mesh axes: images and their embeddings are per-row data, never worth replicating
+_ROWS = ("activation_batch", "activation_length", "activation_embed")
+
+
 def _device_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
     """Inside shard_map: mark a replicated input as differing per device (the transpose sums the gradient here)."""
     if not axes:
@@ -76,20 +80,23 @@ class VLM(nnx.Module):
 
         def run(xs):
             imgs, ok = xs
-            return jax.lax.cond(jnp.any(ok), lambda x: self.image_embeddings(x).astype(dtype),
+            return jax.lax.cond(jnp.any(ok), lambda x: layers.constrain(self.image_embeddings(x).astype(dtype), _ROWS),
                                 lambda x: jnp.zeros((b * c, t, d), dtype), imgs)
 
+        chunks = layers.constrain(chunks, (None, "activation_batch", None, None, None))
         emb = jax.lax.map(run, (chunks, chunk_valid))  # [steps, B*c, T, D]
-        return emb.reshape(steps, b, c, t, d).swapaxes(0, 1).reshape(b, steps * c * t, d)
+        emb = layers.constrain(emb, (None, "activation_batch", None, None))
+        emb = emb.reshape(steps, b, c, t, d).swapaxes(0, 1).reshape(b, steps * c * t, d)
+        return layers.constrain(emb, _ROWS)
 
     def embed(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Token embeddings with image embeddings spliced in at `image_mask` positions: [B, L, D]."""
-        x = self.llm.embed_tokens(batch["input_ids"])
+        x = layers.constrain(self.llm.embed_tokens(batch["input_ids"]), _ROWS)
         image_mask = batch["image_mask"]
         flat = self._row_image_embeddings(batch["images"], batch["image_valid"])
         index = jnp.clip(jnp.cumsum(image_mask, axis=1) - 1, 0, flat.shape[1] - 1)
-        spliced = jnp.take_along_axis(flat, index[:, :, None], axis=1)
-        return jnp.where(image_mask[:, :, None], spliced.astype(x.dtype), x)
+        spliced = layers.constrain(jnp.take_along_axis(flat, index[:, :, None], axis=1), _ROWS)
+        return layers.constrain(jnp.where(image_mask[:, :, None], spliced.astype(x.dtype), x), _ROWS)
 
     def _positions_and_segments(self, batch):
         segment_ids, positions = batch["segment_ids"], batch["positions"]

@@ -32,6 +32,7 @@ from oq2vl_jax.training.optimizer import update_count
 from oq2vl_jax.training.state import ModelParts, TrainState, merge_params
 
 TRAIN_FIELDS = {**MODEL_FIELDS, **LOSS_FIELDS}
+REPLICATED_TRAINED = ("projector",)  # trained towers small enough to hold whole on every device
 
 
 def batch_shardings(mesh: Mesh, fields: Mapping = TRAIN_FIELDS) -> dict:
@@ -95,7 +96,9 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, mesh: M
     compute = jnp.dtype(parts.options.compute_dtype)
 
     def objective(trainable, frozen, micro):
-        trainable = compute_copy(trainable, state_shardings.trainable, compute)
+        # the projector (4.5M parameters) runs inside the vision chunk loop: gathered whole there, GSPMD would gather
+        # the image activations instead to compute its sharded weight gradient
+        trainable = compute_copy(trainable, state_shardings.trainable, compute, replicate=REPLICATED_TRAINED, mesh=mesh)
         frozen = compute_copy(frozen, state_shardings.frozen, compute, replicate=frozen.keys(), mesh=mesh)
         nll, weight = parts.model(merge_params(trainable, frozen)).loss(micro)
         scaled = nll / jnp.maximum(weight, 1.0) / micro_batches if compat else nll
