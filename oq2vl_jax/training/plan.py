@@ -214,7 +214,9 @@ def report(config, target, step: CompiledStep, compile_s: float) -> list[str]:
                   f"{p['tokens_per_s']:,.0f} tokens/s ({p['tokens_per_s'] / s['devices']:,.0f} per device), MFU "
                   f"ceiling {100 * p['mfu_ceiling']:.0f}%",
                   f"  {PAPER_TOKENS / 1e9:.0f}B tokens (the paper's pre-training): {p['paper_hours']:.1f} h wall-clock, "
-                  f"{p['paper_device_hours']:.0f} device-hours"]
+                  f"{p['paper_device_hours']:.0f} device-hours",
+                  f"  train.num_steps={t.num_steps} updates: {t.num_steps * p['floor_s'] / 3600:.1f} h wall-clock, "
+                  f"{t.num_steps * p['floor_s'] / 3600 * s['devices']:.0f} device-hours"]
     return lines
 
 
