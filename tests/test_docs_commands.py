@@ -62,9 +62,19 @@ INSTALL = ByTest("tests/test_install.py::test_pyproject_and_requirements_agree_a
 CONVERT_ROUND_TRIP = ByTest("tests/test_convert_cli.py::test_cli_round_trips")
 CONVERT_EXPORT_HELP = Help(("-m", "oq2vl_jax.convert", "export"))
 TRAIN_DRY = Run(extra=("--dry_run",), expect="per-device memory")
+TRAIN_HELP = Help(("-m", "oq2vl_jax.train"))  # compiling for a TPU / GPU target needs .[plan-tpu] / .[plan-gpu]
 CURATE_AS_DOCUMENTED = ByTest("tests/test_curate_reshard.py::test_cli_keys_select_reshard_as_documented")
 
 COMMANDS = {
+    # docs/performance.md: the demo compiles for 8 simulated CPU devices; TPU / GPU targets need an optional package
+    "python -m oq2vl_jax.train --config configs/demo.py --dry_run --dry_run_compile":
+        Run(expect="x the FSDP bound"),
+    "python -m oq2vl_jax.train --config configs/a100x8.py --dry_run --dry_run_compile": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/h100x8.py --dry_run --dry_run_compile": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/tpu_v5p_128.py --dry_run --dry_run_compile": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/tpu_v5p_128.py --dry_run --dry_run_compile "
+    "--config.hardware.target=v5p-8 --config.hardware.num_devices=4 --config.train.global_batch_rows=16": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/sft_llava665k.py --dry_run --dry_run_compile": TRAIN_HELP,
     # README.md
     "python3 -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": INSTALL,  # network
     'python3 -m pip install -e ".[test]"': INSTALL,
