@@ -44,6 +44,9 @@ def define_flags() -> dict:
         "dry_run_compile": flags.DEFINE_bool(
             "dry_run_compile", False, "With --dry_run: compile the real step for hardware.target (a TPU slice, a GPU "
             "node, cpu-N) and print compiled memory, FLOPs, collectives vs the FSDP bound and a projection."),
+        "dry_run_save_hlo": flags.DEFINE_string(
+            "dry_run_save_hlo", "", "With --dry_run_compile: also write the compiled program's optimized HLO text to "
+            "this new file."),
         "dry_run_devices": flags.DEFINE_integer("dry_run_devices", 0,
                                                 "Simulated device count for --dry_run (0 = hardware.num_devices)."),
     }
@@ -160,7 +163,7 @@ def main(argv, flag_values: dict, stop=None) -> None:
     try:
         if flag_values["dry_run"].value and flag_values["dry_run_compile"].value:
             from oq2vl_jax.training.plan import plan
-            print(plan(config))
+            print(plan(config, save_hlo=flag_values["dry_run_save_hlo"].value))
             return
         if flag_values["dry_run"].value:
             from oq2vl_jax.training.dry_run import dry_run

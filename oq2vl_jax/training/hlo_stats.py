@@ -232,6 +232,25 @@ def _trip_count(attrs: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _trip_from_condition(comps: dict, cond: str) -> int | None:
+    """A loop without a known_trip_count (TPU prints none): the bound N of the `i < N` compare its condition makes
+    (scan loops count from 0 in steps of 1), in the condition or the fusion it calls; None unless exactly one integer
+    constant is there to be N."""
+    pending, seen, constants, compares = [cond], set(), set(), False
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.add(name)
+        for inst in comps[name]:
+            if inst.opcode == "constant" and inst.result and inst.result[0].dims == () and \
+                    inst.result[0].dtype in ("s32", "s64", "u32") and inst.operand_text.strip().isdigit():
+                constants.add(int(inst.operand_text))
+            compares |= inst.opcode == "compare" and "direction=LT" in inst.attrs
+            pending.extend(c for _, c in _callees(inst))
+    return constants.pop() if compares and len(constants) == 1 else None
+
+
 def _callees(inst: Instruction) -> list[tuple[str, str]]:
     out = []
     for m in _CALLEES.finditer(inst.attrs):
@@ -403,6 +422,9 @@ def analyze(text: str, num_devices: int) -> HloStats:
                 factor = 1.0
                 if inst.opcode == "while":
                     trips = _trip_count(inst.attrs)
+                    if trips is None:
+                        cond = next((c for r, c in _callees(inst) if r == "condition"), None)
+                        trips = _trip_from_condition(comps, cond) if cond else None
                     if role == "body":
                         loops.append(Loop(inst.name, callee, trips, 0.0))
                         unknown += trips is None

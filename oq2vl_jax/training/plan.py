@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Sequence
 
 import jax
@@ -220,8 +221,9 @@ def report(config, target, step: CompiledStep, compile_s: float) -> list[str]:
     return lines
 
 
-def plan(config) -> str:
-    """Compile the step for `hardware.target` and report; a step that does not fit is one line."""
+def plan(config, save_hlo: str = "") -> str:
+    """Compile the step for `hardware.target` and report; a step that does not fit is one line. save_hlo: a new
+    file for the optimized HLO text (refused if it exists: we never overwrite a file we did not make)."""
     import time
 
     from oq2vl_jax.errors import UserError
@@ -232,6 +234,8 @@ def plan(config) -> str:
         raise UserError("--dry_run_compile needs hardware.target, e.g. --config.hardware.target=v5p-128 (or 8xh100, "
                         "8xa100-40gb, v5e-256, cpu-8)")
     target = targets.parse_target(name, int(config.hardware.get("num_slices", 1)))
+    if save_hlo and os.path.exists(save_hlo):
+        raise UserError(f"--dry_run_save_hlo {save_hlo}: the file exists; name a new one")
     targets.prepare_process(target)
     devices = targets.target_devices(target)
     start = time.perf_counter()
@@ -243,4 +247,11 @@ def plan(config) -> str:
             detail = next((ln.strip() for ln in str(e).splitlines() if "exceeds" in ln or "RESOURCE" in ln), "")
             return _not_fit_line(config, target.name, detail[:200] or "the compiler ran out of device memory")
         raise
-    return "\n".join(report(config, target, step, time.perf_counter() - start))
+    lines = report(config, target, step, time.perf_counter() - start)
+    if save_hlo:
+        tmp = f"{save_hlo}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(step.compiled.as_text())
+        os.replace(tmp, save_hlo)
+        lines.append(f"optimized HLO written to {save_hlo}")
+    return "\n".join(lines)
