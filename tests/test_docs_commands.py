@@ -75,6 +75,9 @@ COMMANDS = {
     "python -m oq2vl_jax.train --config configs/tpu_v5p_128.py --dry_run --dry_run_compile "
     "--config.hardware.target=v5p-8 --config.hardware.num_devices=4 --config.train.global_batch_rows=16": TRAIN_HELP,
     "python -m oq2vl_jax.train --config configs/sft_llava665k.py --dry_run --dry_run_compile": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/sft_llava665k.py --dry_run --dry_run_compile "
+    "--config.data.packing=none --config.data.max_images_per_row=1 --config.train.global_batch_rows=128 "
+    "--config.train.num_steps=5200": TRAIN_HELP,
     # README.md
     "python3 -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": INSTALL,  # network
     'python3 -m pip install -e ".[test]"': INSTALL,
