@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from oq2vl_jax.pretrained import hf, tensor_files  # noqa: E402
-from oq2vl_jax.data.demo import build_tiny_tokenizer  # noqa: E402
+from oq2vl_jax.demo.shapes import build_tiny_tokenizer  # noqa: E402
 from oq2vl_jax.models.presets import llm_preset, vision_preset  # noqa: E402
+from oq2vl_jax.pretrained import hf, tensor_files  # noqa: E402
 
 
 def _random(rng, shape, dtype):

@@ -31,8 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from oq2vl_jax.curate import select, shards as shards_lib  # noqa: E402
 from oq2vl_jax.curate.siglip_score import Scorer, TextTokenizer  # noqa: E402
-from oq2vl_jax.data import demo, images as images_lib  # noqa: E402
-from oq2vl_jax.data.selection import shard_fingerprint  # noqa: E402
+from oq2vl_jax.data import images as images_lib  # noqa: E402
+from oq2vl_jax.data.sources.selection import shard_fingerprint  # noqa: E402
+from oq2vl_jax.data.sources.webdataset import write_tar_shard  # noqa: E402
+from oq2vl_jax.demo import shapes as demo  # noqa: E402
 from oq2vl_jax.models.presets import PAIR_PRESETS, SiglipTextConfig  # noqa: E402
 
 
@@ -50,7 +52,7 @@ def bench_tiny_scorer(n: int, tmp: str) -> dict:
     root = os.path.join(tmp, "shards")
     per = 128
     for s in range(0, n, per):
-        demo.write_tar_shard(os.path.join(root, f"{s // per:08d}.tar"), [
+        write_tar_shard(os.path.join(root, f"{s // per:08d}.tar"), [
             {"__key__": f"{i:09d}", "jpg": jpeg(rng), "txt": " ".join(rng.choice(["a", "red", "dog", "on", "the",
                                                                                   "street"], 12)),
              "json": {"uid": f"{i:032x}"}} for i in range(s, min(n, s + per))])
@@ -105,7 +107,7 @@ def bench_so400m(batch: int) -> dict:
     data = [jpeg(rng) for _ in range(64)]
     cpu = time.process_time()
     for d in data:
-        images_lib.load_image(d, 384)
+        images_lib.decode_image(d, 384)
     decode = 64 / (time.process_time() - cpu)
     return {"device": str(jax.devices()[0].device_kind), "devices": jax.device_count(), "batch": batch,
             "compile_s": round(compile_s, 1), "step_s": round(step, 4), "so400m_images_per_s": round(batch / step, 1),

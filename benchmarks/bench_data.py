@@ -30,9 +30,12 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from oq2vl_jax.data import demo, images, pipeline  # noqa: E402
+from oq2vl_jax.data import images, pipeline  # noqa: E402
 from oq2vl_jax.data.packing import FFDPackIterDataset, PackedDocument  # noqa: E402
-from oq2vl_jax.data.tokenizer import DocumentLayout, TextEncoder, caption_document, load_tokenizer  # noqa: E402
+from oq2vl_jax.data.sources.webdataset import write_tar_shard  # noqa: E402
+from oq2vl_jax.demo import shapes as demo  # noqa: E402
+from oq2vl_jax.text.documents import DocumentLayout, TextEncoder, caption_document  # noqa: E402
+from oq2vl_jax.text.tokens import load_tokenizer  # noqa: E402
 
 L, T_IMG, IMAGE_SIZE = 4096, 144, 384
 WORDS = ("a the of in on with and photo picture image man woman child dog cat car street city building tree sky "
@@ -66,7 +69,7 @@ def write_shards(root: str, num: int, rng: np.random.Generator) -> list[bytes]:
     counts = caption_word_counts(num, rng)
     samples = [{"__key__": f"{i:08d}", "jpg": jpegs[i], "txt": make_caption(int(counts[i]), rng)} for i in range(num)]
     for s in range(0, num, 100):
-        demo.write_tar_shard(os.path.join(root, f"{s // 100:05d}.tar"), samples[s:s + 100])
+        write_tar_shard(os.path.join(root, f"{s // 100:05d}.tar"), samples[s:s + 100])
     return jpegs
 
 
@@ -83,8 +86,8 @@ def pil_load_image(data: bytes) -> np.ndarray:
 
 def bench_throughput(root: str, tokenizer_dir: str, jpegs: list[bytes], rows_per_batch: int) -> dict:
     out = {}
-    images.load_image(jpegs[0], IMAGE_SIZE)  # warm-up: loads (or first compiles) the numba resize kernels
-    decode_cpu, _ = cpu_rate(lambda: [images.load_image(j, IMAGE_SIZE) for j in jpegs], len(jpegs))
+    images.decode_image(jpegs[0], IMAGE_SIZE)  # warm-up: loads (or first compiles) the numba resize kernels
+    decode_cpu, _ = cpu_rate(lambda: [images.decode_image(j, IMAGE_SIZE) for j in jpegs], len(jpegs))
     out["decode_resize_per_cpu_s"] = round(decode_cpu, 1)
     pil_cpu, _ = cpu_rate(lambda: [pil_load_image(j) for j in jpegs], len(jpegs))
     out["decode_resize_pil_only_per_cpu_s"] = round(pil_cpu, 1)

@@ -25,7 +25,7 @@ def build_model(size: str, tokenizer_dir: str):
     import jax
     from flax import nnx
 
-    from oq2vl_jax.evals.model import InferenceModel
+    from oq2vl_jax.evals.checkpoint_model import InferenceModel
     from oq2vl_jax.inference import VLMInference
     from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, open_qwen2vl, vision_preset
     from oq2vl_jax.models.vlm import VLM
@@ -52,9 +52,9 @@ def main() -> None:
     args = p.parse_args()
     import jax
 
-    from oq2vl_jax.data.demo import build_tiny_tokenizer, write_demo_dataset
+    from oq2vl_jax.demo.shapes import build_tiny_tokenizer, write_demo_dataset
     from oq2vl_jax.evals import runner
-    from oq2vl_jax.evals.demo import DemoVQA
+    from oq2vl_jax.evals.tasks.demo import DemoVQA
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_tiny_tokenizer(os.path.join(tmp, "tok"))

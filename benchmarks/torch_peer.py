@@ -23,7 +23,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from oq2vl_jax.bench_shapes import pretraining_rows  # noqa: E402  (same synthetic rows as ours)
+from oq2vl_jax.bench.shapes import pretraining_rows  # noqa: E402  (same synthetic rows as ours)
 from oq2vl_jax.models.presets import VLMConfig, open_qwen2vl, llm_preset, vision_preset  # noqa: E402
 from oq2vl_jax.training import flops  # noqa: E402  (same FLOP formula as ours)
 from oq2vl_jax.training.step import flop_counts  # noqa: E402

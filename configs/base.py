@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
         eval_batches=0,              # 0 = the whole eval split (single process only)
     ))
 
-    # Evaluators run during training, "NAME[:key=value,...]" (oq2vl_jax/evals/evaluators.py, docs/evaluation.md), e.g.
+    # Evaluators run during training, "NAME[:key=value,...]" (oq2vl_jax/evals/specs.py, docs/evaluation.md), e.g.
     #   --config.evals='("demo:limit=32,every=100", "demo_attributes")'
     c.evals = ()
 

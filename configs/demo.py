@@ -1,6 +1,6 @@
-"""The CPU demo: a tiny VLM trained from random init on synthetic coloured shapes (oq2vl_jax/data/demo.py), written
+"""The CPU demo: a tiny VLM trained from random init on synthetic coloured shapes (oq2vl_jax/demo/shapes.py), written
 into WORKDIR/demo_data on the first run. The demo data is used only when no data.sources are given, and
---config.demo.enabled=False turns it off (oq2vl_jax/data/demo_setup.py). Every tower trains (stage "full": nothing
+--config.demo.enabled=False turns it off (oq2vl_jax/demo/setup.py). Every tower trains (stage "full": nothing
 here is pretrained). At the end the trainer scores how well the model names the colour, shape and position of
 held-out images."""
 
@@ -27,10 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.update(lr=2e-3, weight_decay=0.01)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.checkpoint.update(every_steps=100, keep=2)
-    # the held-out attribute score every train.eval_every steps, into metrics.jsonl / TensorBoard (evals/evaluators.py)
+    # the held-out attribute score every train.eval_every steps, into metrics.jsonl / TensorBoard (training/evaluators.py)
     c.evals = ("demo_attributes",)
     c.demo = ml_collections.ConfigDict(dict(
-        enabled=True,                # False: no demo data at all; data.* as given (oq2vl_jax/data/demo_setup.py)
+        enabled=True,                # False: no demo data at all; data.* as given (oq2vl_jax/demo/setup.py)
         data_dir="",                 # "" = WORKDIR/demo_data; a new or empty directory, or an earlier demo set
         num_train=2048, num_eval=128, seed=0,
         eval_row_length=64,          # one held-out caption document per row when scoring attributes

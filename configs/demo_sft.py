@@ -1,6 +1,6 @@
 """The CPU demo's second stage: supervised fine-tuning of the demo's pre-trained checkpoint (configs/demo.py) on
 synthetic question/answer conversations about new demo images ("What colour is the shape?" -> "Red.", 1-3 turns,
-every 6th conversation text-only; oq2vl_jax/data/demo_sft.py), written into WORKDIR/sft_data on the first run.
+every 6th conversation text-only; oq2vl_jax/demo/sft.py), written into WORKDIR/sft_data on the first run.
 
     python -m oq2vl_jax.train --config configs/demo.py --workdir runs/demo            # pre-train (minutes)
     python -m oq2vl_jax.train --config configs/demo_sft.py --workdir runs/demo_sft    # then SFT (minutes)
@@ -10,7 +10,7 @@ stays frozen (stage "pretrain" trains projector + LLM, like the original's "fine
 the pooled 4x4 = 16 of pre-training to the full 8x8 = 64 patch grid (the paper: 144 -> 729; the pool has no
 parameters). Conversations are packed into rows with per-conversation masking; the loss is on the answers only. At
 the end the trainer scores held-out answers with the images, with blank images, and against the best image-blind
-answer (oq2vl_jax/training/answer_accuracy.py).
+answer (oq2vl_jax/demo/answers.py).
 """
 
 import os
@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.update(lr=5e-4, weight_decay=0.1, warmup_ratio=0.03)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.checkpoint.update(every_steps=125, keep=2)
-    # the demo VQA task (evals/demo.py) on the held-out conversations, generated in the chat template, every
+    # the demo VQA task (evals/tasks/demo.py) on the held-out conversations, generated in the chat template, every
     # train.eval_every steps and at the end: metrics.jsonl, TensorBoard and WORKDIR/evals/step_N/report.md
     c.evals = ("demo:prompt=chat,limit=0",)
     c.demo_sft = ml_collections.ConfigDict(dict(

@@ -8,10 +8,10 @@ updates of ~128-150 conversations, as the original's max_steps=150000 (its "larg
       --config.init.init_from=runs/pretrain/checkpoints \\
       --config.data.sources='({"kind": "mammoth", "path": "/data/MAmmoTH-VL-Instruct-12M/mammoth_si_10M_simple.jsonl", "image_root": "/data/MAmmoTH-VL-Instruct-12M/single_image_data"},)'
 
-The path may also be the raw mammoth_si_10M.json (21 GB): it is indexed once (python -m oq2vl_jax.data.json_index
-FILE builds the index ahead of time) and never loaded whole. Conversations are packed into 4096-token rows; 32 rows
-per update are ~130-150 conversations (docs/sft.md; MAmmoTH's answers are longer than LLaVA's, so fewer per row);
-the data repeats until train.num_steps.
+The path may also be the raw mammoth_si_10M.json (21 GB): it is indexed once (python -m
+oq2vl_jax.data.sources.json_index FILE builds the index ahead of time) and never loaded whole. Conversations are packed
+into 4096-token rows; 32 rows per update are ~130-150 conversations (docs/sft.md; MAmmoTH's answers are longer than
+LLaVA's, so fewer per row); the data repeats until train.num_steps.
 """
 
 import os

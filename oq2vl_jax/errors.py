@@ -1,7 +1,11 @@
-"""The one exception type for user mistakes (bad config, missing file, shape mismatch).
+"""What entry points show the user: the one exception type for user mistakes (bad config, missing file, shape
+mismatch), printed as one line with a non-zero exit, and the log filter that keeps library chatter out.
 
-Its message names the field or file and the fix. Entry points print it as one line and exit non-zero.
+A UserError's message names the field or file and the fix.
 """
+
+import logging
+import os
 
 
 class UserError(Exception):
@@ -17,3 +21,11 @@ def report_user_error(error: UserError) -> int:
 
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+class QuietLibraries(logging.Filter):
+    """Keeps our INFO lines and every library's warnings; drops library INFO chatter (Orbax logs each save and
+    restore). Entry points add it to absl's handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname

@@ -19,7 +19,7 @@ import sys
 
 from absl import logging
 
-from oq2vl_jax.errors import UserError, report_user_error
+from oq2vl_jax.errors import QuietLibraries, UserError, report_user_error
 
 RUN_FILE = "run.json"
 
@@ -27,11 +27,15 @@ RUN_FILE = "run.json"
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m oq2vl_jax.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", default="", help="checkpoint directory (a training run or an imported checkpoint)")
-    p.add_argument("--task", required=True, help="comma-separated task names")
+    from oq2vl_jax.evals.registry import TASKS
+
+    p.add_argument("--task", required=True, help=f"comma-separated task names: {', '.join(TASKS)}")
     p.add_argument("--data", required=True, help="directory with one folder per benchmark (docs/evaluation.md)")
     p.add_argument("--out", required=True, help="output directory (created; a rerun resumes)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N items of each task (0 = all)")
-    p.add_argument("--prompt", choices=("reference", "chat"), default="reference")
+    p.add_argument("--prompt", choices=("reference", "chat"), default="reference",
+                   help="reference: the original harness's raw prompts; chat: the user message in the checkpoint's "
+                        "chat template (its prompt contract, docs/inference.md)")
     p.add_argument("--batch", type=int, default=8, help="items per model call per process")
     p.add_argument("--seed", type=int, default=0, help="seed of the scorers' random fallback guesses")
     p.add_argument("--dry_run", action="store_true", help="check data and prompts; load no model")
@@ -65,60 +69,57 @@ def _check_run_file(out_dir: str, run: dict) -> None:
 
 
 def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:
-    """Runs the tasks; `model` is an EvalModel (loaded from --ckpt when None). Returns the summary."""
-    from oq2vl_jax.evals import registry, report, runner
+    """Runs the tasks; `model` is an EvalModel (loaded from --ckpt when None). Returns the summary.
+
+    --data, --out and --ckpt may be gs:// or s3:// prefixes: the benchmark folders are read from a local copy (made
+    once per object version, storage/local_copy.py); the outputs are written to a local staging directory holding
+    what OUT already has (so a rerun resumes) and copied into the bucket, each file whole, when the run ends (also
+    when it stops on an error or Ctrl-C). A bucket OUT is for one process: several processes share their prediction
+    parts through OUT while they run, which needs a directory they all see."""
+    from oq2vl_jax.storage import local_copy
+    from oq2vl_jax.storage.mirror import staged_dir
+
+    args = argparse.Namespace(**{**vars(args), "data": local_copy.local_dir(args.data)})
+    if args.dry_run:
+        return _evaluate(args, model, process_index=process_index, process_count=process_count, barrier=barrier)
+    with staged_dir(args.out) as out:
+        return _evaluate(argparse.Namespace(**{**vars(args), "out": out}), model, process_index=process_index,
+                         process_count=process_count, barrier=barrier)
+
+
+def _evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:
+    from oq2vl_jax.evals import registry, suite
+    from oq2vl_jax.storage import paths as storage
 
     tasks = registry.get_tasks(args.task)
     if args.limit < 0:
         raise UserError(f"--limit must be >= 0, got {args.limit}")
-    loaded = []
-    for task in tasks:  # every file is checked before any model is loaded
-        items = task.load(args.data)
-        loaded.append((task, items[:args.limit] if args.limit else items))
+    loaded = suite.load(tasks, args.data, args.limit)  # every file is checked before any model is loaded
     if args.dry_run:
         for task, items in loaded:
             print(f"{task.name}: {len(items)} items")
             if items:
-                from oq2vl_jax.evals.prompts import display
+                from oq2vl_jax.evals.kit import display
 
                 for name, req in task.requests(items[0], args.prompt).items():
                     print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {display(req)!r}")
         return {}
-    run = {"ckpt": os.path.abspath(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
+    run = {"ckpt": storage.resolve(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
            "limit": args.limit}
     if process_index == 0:
         _check_run_file(args.out, run)
     if model is None:
-        from oq2vl_jax.evals.model import load_model
+        from oq2vl_jax.evals.checkpoint_model import load_model
 
         model = load_model(args.ckpt)
         process_index, process_count, barrier = model.process_index, model.process_count, model.barrier
-    summary = {"run": run, "tasks": {}}
-    records_by_task = {}
-    for task, items in loaded:
-        records = runner.run_task(task, items, model, args.out, style=args.prompt, batch=args.batch, seed=args.seed,
-                                  process_index=process_index, process_count=process_count, barrier=barrier)
-        records_by_task[task.name] = records
-        summary["tasks"][task.name] = runner.summarize(task, items, records)
-    if process_index == 0:
-        report.write_summary(args.out, summary)
-        report.write_report(args.out, summary, records_by_task)
-        for name, t in summary["tasks"].items():
-            logging.info("%s: strict %.2f, reference %.2f (%d/%d items)", name, t.get("strict", {}).get("score", 0),
-                         t.get("reference", {}).get("score", 0), t["scored"], t["items"])
-    return summary
-
-
-class _QuietLibraries(std_logging.Filter):
-    """Keeps our INFO lines and every library's warnings; drops library INFO chatter (orbax logs each restore)."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname
+    return suite.run(loaded, model, args.out, run_info=run, style=args.prompt, batch=args.batch, seed=args.seed,
+                     process_index=process_index, process_count=process_count, barrier=barrier)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    std_logging.getLogger("absl").addFilter(_QuietLibraries())
+    std_logging.getLogger("absl").addFilter(QuietLibraries())
     logging.set_verbosity(logging.INFO)
     try:
         if argv[:1] == ["compare"]:

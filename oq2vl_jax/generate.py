@@ -9,8 +9,9 @@ prismatic model into one) or a training workdir.
 --image may be repeated (several images, in order) or left out (text only). Batch input lines are
 `{"id"?: ..., "image": PATH | "images": [PATH, ...], "prompt" | "text": STR | "messages": [...]}`; relative image paths
 are resolved against the input file's directory. Each output line is `{"index", "id", "answer", "finish_reason",
-"num_tokens", "input_sha1"}`, written a batch at a time; rerunning the same command resumes after the last answer
+"num_tokens", "token_ids", "prompt", "input_sha1"}` (prompt: as the model saw it, image blocks as `<image:N tokens>`), written a batch at a time; rerunning the same command resumes after the last answer
 (the input lines' hashes must match the answers already there). A user mistake prints one `error:` line, exit 2.
+The chat template follows the checkpoint's prompt contract (docs/inference.md); --chat-format / --label-mode override it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import sys
 import time
 
 from oq2vl_jax.errors import UserError, report_user_error
-
+from oq2vl_jax.text.chat import CHAT_FORMATS
+from oq2vl_jax.text.contract import LABEL_MODES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSONL of answers to write or resume (batch mode)")
     p.add_argument("--template", default="chat", choices=("chat", "base"),
                    help="chat: the SFT conversation with a generation prompt; base: pre-training `<s> [image] \\n text`")
-    p.add_argument("--chat-format", default="open_qwen2vl", help="chat format of oq2vl_jax.data.chat")
+    p.add_argument("--chat-format", default=None, choices=CHAT_FORMATS,
+                   help="override the checkpoint's chat format (default: the one it records; docs/inference.md)")
+    p.add_argument("--label-mode", default=None, choices=LABEL_MODES,
+                   help="override the checkpoint's label mode (reference_compat: the original's dropped token)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -46,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (batch mode)")
     p.add_argument("--tensor-parallel", type=int, default=1, help="devices per tensor-parallel group")
-    p.add_argument("--json", action="store_true", help="single mode: print one JSON object instead of the text")
+    p.add_argument("--json", action="store_true",
+                   help="single mode: print one JSON object (answer, prompt as the model saw it, token ids)")
     return p
 
 
@@ -169,6 +175,7 @@ def run_batch(vlm, args) -> list[str]:
             for k, ((request, sha), g) in enumerate(zip(part, answers)):
                 lines.append(json.dumps({"index": first + k, "id": request.get("id"), "answer": g.text,
                                          "finish_reason": g.finish_reason, "num_tokens": len(g.token_ids),
+                                         "token_ids": list(g.token_ids), "prompt": vlm.describe_prompt(built[k]),
                                          "input_sha1": sha}, ensure_ascii=False) + "\n")
                 tokens += len(g.token_ids)
             out.write("".join(lines))
@@ -188,8 +195,10 @@ def run_single(vlm, args) -> list[str]:
         request["images"] = list(args.image)
     g = vlm.generate([request], template=args.template, stop=args.stop, details=True, **_sampling(args))[0]
     if args.json:
-        return [json.dumps({"answer": g.text, "finish_reason": g.finish_reason, "num_tokens": len(g.token_ids)},
-                           ensure_ascii=False)]
+        prompt = vlm.prompts([request], args.template)[0]
+        return [json.dumps({"answer": g.text, "finish_reason": g.finish_reason, "num_tokens": len(g.token_ids),
+                            "token_ids": list(g.token_ids), "prompt": vlm.describe_prompt(prompt),
+                            "prompt_contract": vlm.contract.to_dict()}, ensure_ascii=False)]
     return [g.text]
 
 
@@ -206,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.input is not None:
             read_requests(args.input)  # bad input fails before the model loads
         vlm = VLMInference.load(args.ckpt, step=args.step, tensor_parallel=args.tensor_parallel,
-                                chat_format=args.chat_format)
+                                chat_format=args.chat_format, label_mode=args.label_mode)
+        if vlm.contract_warning:
+            print(f"warning: {vlm.contract_warning}", file=sys.stderr)
         lines = run_batch(vlm, args) if args.input is not None else run_single(vlm, args)
     except UserError as e:
         return report_user_error(e)

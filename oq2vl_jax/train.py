@@ -2,7 +2,7 @@
 
 Prints progress lines, the final loss and where the checkpoint landed. With the demo config it first writes the
 synthetic demo data (once, into --workdir or demo.data_dir) and at the end scores how well the model names the
-colour, shape and position of held-out images (oq2vl_jax/evals/demo_attributes.py).
+colour, shape and position of held-out images (oq2vl_jax/demo/attributes.py).
 
 `--dry_run` builds the abstract train state and its shardings on a simulated device count and prints per-device
 memory estimates (oq2vl_jax/training/dry_run.py). `--dry_run --dry_run_compile` compiles the real step for the
@@ -19,7 +19,6 @@ if __name__ == "__main__":  # before anything slow, so a signal during start-up 
     _STOP = StopSignal().install()
 
 import json  # noqa: E402
-import logging as std_logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
@@ -27,7 +26,7 @@ import sys  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from oq2vl_jax.errors import UserError, report_user_error  # noqa: E402
+from oq2vl_jax.errors import QuietLibraries, UserError, report_user_error  # noqa: E402
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_INTERRUPTED = 130
@@ -96,51 +95,49 @@ def _exit_user_error(message: str) -> None:
     sys.exit(report_user_error(UserError(message)))
 
 
-class _QuietLibraries(std_logging.Filter):
-    """Keeps our INFO lines and every library's warnings; drops library INFO chatter (orbax logs each save)."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or f"{os.sep}oq2vl_jax{os.sep}" in record.pathname
-
-
 def _score_demo(config, result, paths: dict, workdir: str) -> None:
+    """Prints and writes the held-out attribute scores of the final parameters: those the run's evaluators computed
+    at its last step (configs/demo.py runs them), else computed here."""
     import jax
 
-    from oq2vl_jax.evals import demo_attributes
+    from oq2vl_jax.demo import attributes as demo_attributes
+    from oq2vl_jax.evals.specs import ATTRIBUTES
 
-    params = jax.device_get(dict(result.state.trainable) | dict(result.state.frozen))
-    scores = demo_attributes.attribute_scores(
-        lambda p, batch: result.parts.model(p)(batch), params, paths, config.data.tokenizer_dir,
-        tokens_per_image=result.model_config.tokens_per_image, row_length=config.demo.eval_row_length,
-        image_size=config.data.image_size)
+    step, scores = result.evaluator_scores.get(ATTRIBUTES, (None, None))
+    if step != result.last_step:
+        params = jax.device_get(dict(result.state.trainable) | dict(result.state.frozen))
+        scores = demo_attributes.attribute_scores(
+            lambda p, batch: result.parts.model(p)(batch), params, paths, config.data.tokenizer_dir,
+            tokens_per_image=result.model_config.tokens_per_image, row_length=config.demo.eval_row_length,
+            image_size=config.data.image_size)
     for line in demo_attributes.score_lines(scores):
         print(line)
-    with open(os.path.join(workdir, "attribute_scores.json"), "w") as f:
-        json.dump(scores, f, indent=2)
+    from oq2vl_jax.storage import paths as storage
+    storage.write_text(storage.join(workdir, "attribute_scores.json"), json.dumps(scores, indent=2))
 
 
 def train(config, workdir: str, stop) -> None:
     from oq2vl_jax.training import checks
-    from oq2vl_jax.training import workdir as workdir_lib
 
     checks.check_fields(config)  # before the slow imports: a mistake costs a second
-    workdir = workdir_lib.check_workdir(workdir)
 
     import jax
 
     from oq2vl_jax import parallel
-    from oq2vl_jax.data import demo_setup, demo_sft
-    from oq2vl_jax.training import loop, setup
+    from oq2vl_jax.demo import setup as demo_setup, sft as demo_sft
+    from oq2vl_jax.training import loop
 
     parallel.initialize_distributed(config.distributed)
-    setup.validate_config(config, parallel.build_mesh(config.mesh, jax.devices()), check_paths=False)
-    with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
-        if stop is not None and stop.received:  # (several processes: every host gets the preemption SIGTERM)
-            print(f"stopped by {stop.received.upper()} during start-up: nothing trained, nothing saved")
-            return
-        paths = demo_setup.prepare_demo_data(config, workdir)  # None unless the demo data is used
-        sft_paths = demo_sft.prepare_sft_demo(config, workdir)  # None unless configs/demo_sft.py's data is used
-        result = loop.run(config, workdir, stop=stop)  # stops before its first step if a signal came by then
+    demo: dict = {}
+
+    def prepare(config, workdir: str) -> None:  # None unless the demo data (configs/demo.py, demo_sft.py) is used
+        demo["shapes"] = demo_setup.prepare_demo_data(config, workdir)
+        demo["sft"] = demo_sft.prepare_sft_demo(config, workdir)
+
+    result = loop.run(config, workdir, stop=stop, prepare=prepare)  # validates, locks, prepares once, then trains
+    if result is None:
+        print(f"stopped by {stop.received.upper()} during start-up: nothing trained, nothing saved")
+        return
     if jax.process_index() != 0:
         return
     print(f"steps {result.start_step} -> {result.last_step} ({result.stopped_by}); first loss "
@@ -149,17 +146,18 @@ def train(config, workdir: str, stop) -> None:
     if result.last_step > 0:
         print(f"checkpoint: {result.checkpoint_dir}/{result.last_step}")
     scorable = jax.process_count() == 1 and result.stopped_by in ("num_steps", "data_exhausted")  # one host only
-    if paths is not None and config.demo.score_attributes and scorable:
-        _score_demo(config, result, paths, workdir)
-    if sft_paths is not None and config.demo_sft.score_answers and scorable:
-        from oq2vl_jax.training.answer_accuracy import report_sft_demo
-        report_sft_demo(result, config, sft_paths, workdir)
+    if demo.get("shapes") is not None and config.demo.score_attributes and scorable:
+        _score_demo(config, result, demo["shapes"], result.workdir)
+    if demo.get("sft") is not None and config.demo_sft.score_answers and scorable:
+        from oq2vl_jax.demo.answers import report_sft_demo
+        report_sft_demo(result, config, demo["sft"], result.workdir)
 
 
 def main(argv, flag_values: dict, stop=None) -> None:
     del argv
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    config, workdir = flag_values["config"].value, os.path.abspath(flag_values["workdir"].value)
+    logging.get_absl_handler().addFilter(QuietLibraries())
+    from oq2vl_jax.storage import paths as storage
+    config, workdir = flag_values["config"].value, storage.resolve(flag_values["workdir"].value)
     try:
         if flag_values["dry_run"].value and flag_values["dry_run_compile"].value:
             from oq2vl_jax.training.plan import plan

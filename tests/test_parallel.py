@@ -42,7 +42,7 @@ def test_hybrid_shapes_split_ici_and_dcn():
 def test_rules_table_covers_every_model_axis_once():
     from oq2vl_jax.models.presets import ModelOptions
     from oq2vl_jax.training.state import ModelParts
-    from test_step import TINY
+    from fixtures.training import TINY
 
     names = {a for axes in ModelParts(TINY, ModelOptions()).logical_axes.values() for a in axes if a}
     assert names <= set(parallel.LOGICAL_AXIS_RULES)

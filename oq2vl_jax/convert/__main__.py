@@ -3,6 +3,7 @@
   import --llm DIR --vision SRC --tokenizer DIR --out CKPT [--pool N]       HF Qwen2 + SigLIP (HF / timm / big_vision)
   import --from prismatic DIR --out CKPT [--vision SRC] [--llm DIR] [--tokenizer DIR]
   import --from hf-llava DIR --out CKPT
+  import --from llava-unified DIR --out CKPT [--vision SRC] [--vision-heads N]   e.g. the released MLM-Filter
   export --ckpt CKPT --to prismatic|hf-llava|hf-qwen2 --out DIR [--dtype bf16|fp32] [--step N] [--with-vision]
          [--mount-path PATH]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 
@@ -30,6 +32,8 @@ IMPORT_EXAMPLES = """examples:
       --vision /models/ViT-SO400M-14-SigLIP-384 --tokenizer /models/Qwen2.5-1.5B-Instruct
   # an HF LLaVA directory written by `export --to hf-llava`
   python -m oq2vl_jax.convert import --from hf-llava out/llava --out ckpt/back
+  # a LLaVA-Unified llava_qwen checkpoint, e.g. the released MLM-Filter (SigLIP + aapool_mlp or mlp2x_gelu)
+  python -m oq2vl_jax.convert import --from llava-unified /models/mlm-filter-qwen2.5-1.5b-gpt4o --out ckpt/mlm_filter
 
 Train from the result with --config.init.source=checkpoint --config.init.init_from=ckpt/init."""
 
@@ -53,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "tokenizer/) from pretrained parts or a foreign checkpoint. Offline, bit-exact.",
                          epilog=IMPORT_EXAMPLES)
     imp.add_argument("--from", dest="source", nargs=2, metavar=("KIND", "DIR"),
-                     help="read a prismatic run directory or an hf-llava directory instead of --llm/--vision")
+                     help="read a prismatic run directory, an hf-llava directory or a LLaVA-Unified (llava_qwen) "
+                          "checkpoint instead of --llm/--vision")
     imp.add_argument("--llm", help="HF Qwen2ForCausalLM directory (config.json + safetensors)")
     imp.add_argument("--vision", help="SigLIP: HF directory, timm/open_clip .safetensors/.bin (or its directory), "
                                       "or big_vision .npz")
@@ -101,14 +106,14 @@ def _vision_overrides(args) -> dict:
 
 def _check_tokenizer_early(directory: str | None) -> None:
     """Fails before minutes of weight reading when the tokenizer is unusable."""
-    from oq2vl_jax import tokens
+    from oq2vl_jax.text import tokens
 
     if directory is not None:
         tokens.check_qwen2(tokens.open_tokenizer(directory), directory)
 
 
 def run_import(args) -> list[str]:
-    from oq2vl_jax.convert import llava, prismatic
+    from oq2vl_jax.convert import llava, llava_unified, prismatic
     from oq2vl_jax.convert.write_checkpoint import save_imported
     from oq2vl_jax.pretrained import importer
 
@@ -128,13 +133,20 @@ def run_import(args) -> list[str]:
         if tok is None:
             raise UserError(f"'{directory}' carries no tokenizer; pass --tokenizer DIR (the Qwen2.5 tokenizer)")
         return save_imported(imported, args.out, tok)
-    if kind == "hf-llava":
-        imported, tok = llava.read(directory)
+    if kind in ("hf-llava", "llava-unified"):
+        if kind == "hf-llava":
+            imported, tok = llava.read(directory)
+        else:
+            if not args.tokenizer and not os.path.isfile(os.path.join(directory, "tokenizer.json")):
+                raise UserError(f"'{directory}' has no tokenizer.json; pass --tokenizer DIR (the LLM's tokenizer)")
+            imported, tok = llava_unified.read(directory, vision_src=args.vision,
+                                               vision_overrides=_vision_overrides(args))
         try:
             return save_imported(imported, args.out, args.tokenizer or tok)
         finally:
-            shutil.rmtree(tok, ignore_errors=True)
-    raise UserError(f"unknown --from kind '{kind}'; choose prismatic or hf-llava")
+            if tok is not None:
+                shutil.rmtree(tok, ignore_errors=True)
+    raise UserError(f"unknown --from kind '{kind}'; choose prismatic, hf-llava or llava-unified")
 
 
 def run_export(args) -> list[str]:

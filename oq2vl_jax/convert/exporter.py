@@ -9,11 +9,12 @@ import shutil
 import ml_dtypes
 import numpy as np
 
-from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax import checkpoint_io
 from oq2vl_jax.convert import llava, prismatic
-from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.pretrained import hf, importer, tensor_files
+from oq2vl_jax.text import tokens
 
 FORMATS = ("prismatic", "hf-llava", "hf-qwen2")
 DTYPES = {"fp32": np.float32, "bf16": ml_dtypes.bfloat16}
@@ -109,8 +110,11 @@ def export(ckpt_dir: str, to: str, out_dir: str, *, dtype: str = "fp32", step: i
                                   tokenizer_dir=tok, llm_hf_config=llm_hf_config,
                                   model_id=model_id or prismatic.DEFAULT_MODEL_ID, mount_path=mount_path)
     elif to == "hf-llava":
+        contract, warning = checkpoint_io.prompt_contract(meta)
+        if warning:
+            lines.append(f"warning: {warning}")
         lines += llava.export(out_dir, config, params, extra, dtype=np_dtype, tokenizer_dir=tok,
-                              llm_hf_config=llm_hf_config)
+                              llm_hf_config=llm_hf_config, contract=contract)
     else:
         lines += export_hf_qwen2(out_dir, config, params, dtype=np_dtype, tokenizer_dir=tok,
                                  llm_hf_config=llm_hf_config)

@@ -6,7 +6,7 @@ Linear -> GELU (exact) -> Linear projector = our fc1 / fc2, the Qwen2 LLM. LLaVA
 tokens_per_image equals the patch count (729 for So400m/14@384, the SFT model) fit. The processor resizes to the
 tower's image size with PIL bicubic and normalises with mean = std = 0.5 (the reference's preprocessing; with
 torchvision installed pass `backend="pil"` to AutoProcessor to keep PIL's resize), and its chat template writes the
-reference's SFT prompt (docs/reference_notes.md §8).
+checkpoint's prompt contract (convert/chat_template.py; config.json records it under CONTRACT_KEY).
 
 Key names (transformers 5): model.vision_tower.*, model.multi_modal_projector.linear_{1,2}.*,
 model.language_model.*, lm_head.weight; transformers 4 names (vision_tower.vision_model.*, multi_modal_projector.*,
@@ -21,40 +21,14 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax import tokens
-from oq2vl_jax.convert import tokenizer
-from oq2vl_jax.pretrained import hf, importer, tensor_files
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.pretrained import hf, importer, tensor_files
+from oq2vl_jax.text import tokenizer_files as tokenizer, tokens
+from oq2vl_jax.text.contract import PromptContract, TRAINED_DEFAULT
 
-# The reference's SFT prompt (qwen2_prompter.py): a fixed system prefix with the first user turn, "assistant\n"
-# glued to the user turn's <|im_end|> (no "\n<|im_start|>"), assistant turns closed by "<|im_end|>\n", messages
-# stripped. The reference tokenizes "<image>\nQuestion" in chunks and drops the "\n" after the image; the template
-# writes "<image>Question" so the token stream is the one the model was trained on. Text parts of list contents are
-# stripped and joined to their images without a separator. A system message replaces the default system text.
-CHAT_TEMPLATE = (  # literal text only inside {{ '...' }} so whitespace control never eats a newline
-    "{%- set ns = namespace(system='You are a helpful assistant.', first=true) -%}"
-    "{%- for message in messages if message['role'] == 'system' -%}"
-    "{%- if message['content'] is string -%}{%- set ns.system = message['content'] | trim -%}"
-    "{%- else -%}{%- set ns.system = (message['content'] | selectattr('type', 'equalto', 'text') "
-    "| map(attribute='text') | join('')) | trim -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- for message in messages if message['role'] != 'system' -%}"
-    "{%- if message['content'] is string -%}{%- set text = message['content'] | replace('<image>\\n', '<image>') -%}"
-    "{%- else -%}{%- set parts = namespace(s='') -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{%- set parts.s = parts.s + '<image>' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set parts.s = parts.s + (part['text'] | trim) -%}{%- endif -%}"
-    "{%- endfor -%}{%- set text = parts.s -%}{%- endif -%}"
-    "{%- set text = text | trim -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{%- if ns.first -%}{{ '<s><|im_start|>system\\n' + ns.system + '<|im_end|>\\n' }}"
-    "{%- set ns.first = false -%}{%- endif -%}"
-    "{{ '<|im_start|>user\\n' + text + '<|im_end|>assistant\\n' }}"
-    "{%- else -%}{{ (text if text else ' ') + '<|im_end|>\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
+# config.json key recording the exported checkpoint's prompt contract (text/contract.py); read back on import
+CONTRACT_KEY = "oq2vl_prompt_contract"
 
 # LLaVA-style servers (SGLang's generic llava, LLaVA's `process_images`) pad to a square for "pad" and tile for
 # "anyres*"; any other value means the image processor's own resize, which is ours (squash to the tower's size).
@@ -70,6 +44,14 @@ V4 = {"vision": "vision_tower.vision_model.", "projector": "multi_modal_projecto
 def feature_layer_to_llava(cfg) -> int:
     """Our block index from the end -> LLaVA's index into hidden_states (embeddings first, then each block)."""
     return cfg.num_blocks_run - 1 - cfg.depth
+
+
+def feature_layer_from_llava(layer, what: str) -> int:
+    """LLaVA's index into the tower's hidden_states (0 = the embeddings, i = block i's output, negative from the
+    end) -> our feature_layer (a block index, negative from the end). `what` names the setting in the error."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer == 0:
+        raise UserError(f"{what} {layer!r} is not supported (one block's output: a nonzero integer)")
+    return layer if layer < 0 else layer - 1
 
 
 def check_exportable(config: VLMConfig) -> None:
@@ -95,14 +77,17 @@ def _tensors(config: VLMConfig, params: dict, extra: dict):
         yield V5["vision"] + "post_layernorm.weight", np.ones(d, np.float32)
         yield V5["vision"] + "post_layernorm.bias", np.zeros(d, np.float32)
     for ours, theirs in (("fc1", "linear_1"), ("fc2", "linear_2")):
-        yield from hf._dense_to_hf(params["projector"][ours], V5["projector"] + theirs)
+        yield from hf.dense_to_hf(params["projector"][ours], V5["projector"] + theirs)
     yield from hf.qwen2_to_hf(params["llm"], cfg.llm, prefix=V5["llm"],
                               lm_head=None if cfg.llm.tie_word_embeddings else V5["lm_head"], consume=True)
 
 
 def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | None, *, dtype, tokenizer_dir: str,
-           llm_hf_config: dict | None = None) -> list[str]:
+           llm_hf_config: dict | None = None, contract: PromptContract = TRAINED_DEFAULT) -> list[str]:
+    """Writes the hf-llava directory; its chat template renders `contract` (convert/chat_template.py)."""
     import transformers
+
+    from oq2vl_jax.convert.chat_template import chat_template
 
     check_exportable(config)
     if tokenizer_dir is None:
@@ -127,6 +112,7 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         pad_token_id=tok.pad_token_id)
     llava_cfg.architectures = ["LlavaForConditionalGeneration"]
     llava_cfg.image_aspect_ratio = IMAGE_ASPECT_RATIO  # read by SGLang / LLaVA-style loaders; transformers ignores it
+    setattr(llava_cfg, CONTRACT_KEY, contract.to_dict())  # kept in config.json; read back by `convert import`
     os.makedirs(out_dir, exist_ok=True)
     files = tensor_files.write_safetensors(out_dir, _tensors(config, params, extra), dtype=dtype)
     llava_cfg.dtype = "bfloat16" if np.dtype(dtype).itemsize == 2 else "float32"
@@ -137,15 +123,15 @@ def export(out_dir: str, config: VLMConfig, params: dict, vision_extra: dict | N
         do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
     processor = transformers.LlavaProcessor(
         image_processor=image_processor, tokenizer=tok, patch_size=config.vision.patch_size,
-        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE, image_token=tokens.IMAGE_TOKEN,
+        vision_feature_select_strategy="full", chat_template=chat_template(contract), image_token=tokens.IMAGE_TOKEN,
         num_additional_image_tokens=0)
     processor.save_pretrained(out_dir)
     stop_ids = [tok.convert_tokens_to_ids(t) for t in STOP_TOKENS if t in tok.get_vocab()]
     transformers.GenerationConfig(bos_token_id=tok.convert_tokens_to_ids("<s>"), eos_token_id=stop_ids,
                                   pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(out_dir)
-    lines.append(f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
+    lines.extend([f"hf-llava: {len(files)} weight file(s), <image> id {image_id}, {config.tokens_per_image} image "
                  f"tokens, vision_feature_layer {feature_layer_to_llava(config.vision)}, vision hidden_act "
-                 f"{vision_cfg['hidden_act']}")
+                 f"{vision_cfg['hidden_act']}", f"chat template: {contract.describe()}"])
     return lines
 
 
@@ -167,8 +153,6 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     if d.get("tie_word_embeddings") or text.get("tie_word_embeddings"):
         llm_cfg = dataclasses.replace(llm_cfg, tie_word_embeddings=True)
     layer = d.get("vision_feature_layer", -2)
-    if not isinstance(layer, int) or layer == 0:
-        raise UserError(f"'{config_path}': vision_feature_layer {layer!r} is not supported (one block's output)")
     for key, want in (("vision_feature_select_strategy", "full"), ("projector_hidden_act", "gelu"),
                       ("multimodal_projector_bias", True)):
         if d.get(key, want) != want:
@@ -176,8 +160,8 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
     source = tensor_files.open_hf_weights(directory)
     names = _layout(source)
     vision_cfg, vision, extra, _ = importer.vision_from_source(
-        _Prefixed(source, names["vision"]), dtype=dtype, hf_config=d,
-        overrides={"feature_layer": layer if layer < 0 else layer - 1})
+        source.under(names["vision"]), dtype=dtype, hf_config=d,
+        overrides={"feature_layer": feature_layer_from_llava(layer, f"'{config_path}': vision_feature_layer")})
     config = VLMConfig(vision=vision_cfg, llm=llm_cfg, tokens_per_image=vision_cfg.num_patches)
     config.validate()
     if d.get("image_seq_length", config.tokens_per_image) != config.tokens_per_image:
@@ -185,20 +169,25 @@ def read(directory: str, *, dtype=np.float32) -> tuple[importer.Imported, str]:
                         f"{config.tokens_per_image} patches")
     get = source.getter("", dtype)
     projector = importer.check_projector({
-        "fc1": hf._dense_from_hf(get, names["projector"] + "linear_1"),
-        "fc2": hf._dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
+        "fc1": hf.dense_from_hf(get, names["projector"] + "linear_1"),
+        "fc2": hf.dense_from_hf(get, names["projector"] + "linear_2")}, config, directory)
     llm = hf.qwen2_from_hf(get, llm_cfg, prefix=names["llm"], lm_head=names["lm_head"])
     tok_dir = tempfile.mkdtemp(prefix="oq2vl_llava_tok_")
     tokenizer.strip_added_token(directory, tok_dir, tokens.IMAGE_TOKEN)
     hf_text = {k: v for k, v in text.items() if k not in ("architectures",)}
     return importer.Imported(config, {"vision": vision, "projector": projector, "llm": llm}, extra,
-                             [f"hf-llava {directory}"], hf_text), tok_dir
+                             [f"hf-llava {directory}"], hf_text, read_contract(d, config_path)), tok_dir
 
 
-class _Prefixed(tensor_files.TensorSource):
-    """The vision tower's tensors of a LLaVA checkpoint, renamed to HF SigLIP's own names."""
+def read_contract(hf_config: dict, where: str):
+    """The prompt contract an export of ours records in config.json (CONTRACT_KEY); any other LLaVA directory is
+    taken to be the original's release (text/contract.py ORIGINAL)."""
+    from oq2vl_jax.text import contract as contract_lib
 
-    def __init__(self, source: tensor_files.TensorSource, prefix: str):
-        super().__init__({n[len(prefix):]: (lambda n=n: source.get(n)) for n in source.names if n.startswith(prefix)},
-                         source.where)
+    record = hf_config.get(CONTRACT_KEY)
+    if record is None:
+        return contract_lib.ORIGINAL
+    if not isinstance(record, dict):
+        raise UserError(f"'{where}': {CONTRACT_KEY} must be an object, got {record!r}")
+    return contract_lib.PromptContract.from_dict(record)
 

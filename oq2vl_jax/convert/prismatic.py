@@ -190,7 +190,9 @@ def read(directory: str, *, vision_src: str | None = None, llm_dir: str | None =
     projector = importer.check_projector(
         hf.projector_from_torch(source.getter("model.projector.", dtype), prefix="mlp_projector."), config, ckpt_path)
     params = {"vision": vision, "projector": projector, "llm": llm}
-    return importer.Imported(config, params, extra, description, llm_hf_config)
+    from oq2vl_jax.text import contract as contract_lib
+    # the original's SFT documents went through its dropping tokenizer_image_token (text/contract.py ORIGINAL)
+    return importer.Imported(config, params, extra, description, llm_hf_config, contract_lib.ORIGINAL)
 
 
 def tokenizer_dir(directory: str) -> str | None:

@@ -8,9 +8,10 @@ import tempfile
 
 import numpy as np
 
-from oq2vl_jax import checkpoint_io, tokens
+from oq2vl_jax import checkpoint_io
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.pretrained.importer import Imported
+from oq2vl_jax.text import contract as contract_lib, tokens
 
 
 def save_imported(imported: Imported, out_dir: str, tokenizer_dir: str | None) -> list[str]:
@@ -19,7 +20,10 @@ def save_imported(imported: Imported, out_dir: str, tokenizer_dir: str | None) -
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise UserError(f"output '{out_dir}' exists and is not empty; choose a new directory")
     lines = list(imported.description)
-    meta = {"source": imported.description}
+    if imported.contract is not None:
+        lines.append(f"prompt contract: {imported.contract.describe()}")
+    meta = {"source": imported.description,
+            **checkpoint_io.contract_meta(imported.contract or contract_lib.TRAINED_DEFAULT)}
     if imported.llm_hf_config is not None:
         meta["llm_hf_config"] = imported.llm_hf_config
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from oq2vl_jax.curate import mlm_filter
 from oq2vl_jax.data import images as image_lib
-from oq2vl_jax.data import tokenizer as tok_lib
+from oq2vl_jax.text import documents as tok_lib
 
 _IMAGE_MARK = -1  # stands for the image slot inside prompt_ids; never a real token id
 
@@ -26,9 +26,9 @@ def build_prompt(vlm, caption: str, task: str, image: bytes):
     if _IMAGE_MARK not in ids:  # the cut at max_len removed the image: nothing to score
         return None
     k = ids.index(_IMAGE_MARK)
-    layout = tok_lib._layout([ids[:k], 0, ids[k + 1:]], vlm.config.tokens_per_image)
+    layout = tok_lib.layout([ids[:k], 0, ids[k + 1:]], vlm.config.tokens_per_image)
     try:
-        pixels = image_lib.load_image(image, vlm.config.vision.image_size)[0]
+        pixels = image_lib.decode_image(image, vlm.config.vision.image_size)[0]
     except image_lib.BadImage:
         return None
     return Prompt(layout, (pixels,))

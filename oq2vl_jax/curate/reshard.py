@@ -14,8 +14,8 @@ import time
 from absl import logging
 
 from oq2vl_jax.curate import shards as shards_lib
-from oq2vl_jax.data import demo
-from oq2vl_jax.data.selection import check_fresh, read_selection
+from oq2vl_jax.data.sources.selection import check_fresh, read_selection
+from oq2vl_jax.data.sources.webdataset import write_tar_shard
 from oq2vl_jax.errors import UserError
 
 SHARD_SIZE = 10000
@@ -42,13 +42,13 @@ def reshard(selection_path: str, out_dir: str, shard_size: int = SHARD_SIZE) -> 
                 out.update({ext: data for ext, (_, data) in sample["members"].items()})
                 buffer.append(out)
                 if len(buffer) == shard_size:
-                    demo.write_tar_shard(os.path.join(out_dir, SHARD_NAME.format(out_index)), buffer)
+                    write_tar_shard(os.path.join(out_dir, SHARD_NAME.format(out_index)), buffer)
                     written, out_index, buffer = written + len(buffer), out_index + 1, []
                     rate = written / max(time.time() - start, 1e-9)
                     logging.info("curate reshard: %d samples in %d shards (%.0f samples/s, ETA %.0f s)", written,
                                  out_index, rate, (len(shard_ids) - written) / rate)
     if buffer:
-        demo.write_tar_shard(os.path.join(out_dir, SHARD_NAME.format(out_index)), buffer)
+        write_tar_shard(os.path.join(out_dir, SHARD_NAME.format(out_index)), buffer)
         written, out_index = written + len(buffer), out_index + 1
     if written != len(shard_ids):
         raise UserError(f"reshard: wrote {written} samples but the selection lists {len(shard_ids)}; the shards "

@@ -1,4 +1,5 @@
-"""Selection rules over per-shard score tables -> a selection file (data/selection.py) a webdataset source reads.
+"""Selection rules over per-shard score tables -> a selection file (data/sources/selection.py) a webdataset source
+reads.
 
 The rows a rule ranges over are the samples of the shards, as listed by our per-shard tables
 (`{shard}_{task}.parquet`, written by `curate score` / `curate keys`; columns key, uid, image_offset, width, height,
@@ -35,7 +36,7 @@ import numpy as np
 from absl import logging
 
 from oq2vl_jax.curate import mlm_filter, shards as shards_lib
-from oq2vl_jax.data.selection import shard_fingerprint, write_selection
+from oq2vl_jax.data.sources.selection import shard_fingerprint, write_selection
 from oq2vl_jax.errors import UserError
 
 TIE_SEED = 42  # the original: random.seed(42) at import of apply_filter.py

@@ -3,7 +3,7 @@
 `iter_samples(tar)` streams one tar once (sequential reads, no index needed) and yields its samples in tar order:
 members are grouped by key as WebDataset does (key = path up to the first '.' of the basename); a sample ends when
 the key changes. Each sample carries its image member's data offset, the number the member index stores, which is
-how selections find samples again (data/selection.py).
+how selections find samples again (data/sources/selection.py).
 
 Per-shard tables are parquet files `{shard path without .tar}_{task}.parquet` (the original's `{8 digits}_{task}`
 naming for DataComp's `{8 digits}.tar`), written atomically, with the shard's [name, size, mtime_ns] in the schema
@@ -19,8 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
-from oq2vl_jax.data import webdataset
-from oq2vl_jax.data.selection import shard_fingerprint
+from oq2vl_jax.data.sources import webdataset
+from oq2vl_jax.data.sources.selection import shard_fingerprint
 from oq2vl_jax.errors import UserError
 
 TABLE_META_KEY = b"oq2vl_shard"
@@ -29,7 +29,7 @@ ROW_COLUMNS = ("key", "uid", "image_offset", "width", "height", "status")
 
 def list_shards(pattern) -> tuple[str, list[str]]:
     """(root, sorted relative shard names): a directory, one .tar, a glob, a brace range or a list of them, exactly
-    as a webdataset source reads them (data/shard_paths.py)."""
+    as a webdataset source reads them (data/sources/shard_paths.py)."""
     return webdataset.list_shards(pattern)
 
 
@@ -82,7 +82,7 @@ def iter_samples(path: str, want_image: bool = True) -> Iterator[dict]:
     except (tarfile.TarError, OSError) as e:
         raise UserError(f"shard {path} is not a readable tar: {e}") from None
     with tar:
-        # The member index's grouping (data/webdataset.py scan_shard): a key met again after another key, or a
+        # The member index's grouping (data/sources/webdataset.py scan_shard): a key met again after another key, or a
         # member extension met twice within a sample, starts a duplicate that is skipped (duplicate_key there).
         key, members, seen, skipping = None, {}, set(), False
         while True:

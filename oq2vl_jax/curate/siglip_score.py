@@ -24,15 +24,15 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from oq2vl_jax.pretrained import siglip_pair
 from oq2vl_jax.curate import shards as shards_lib
 from oq2vl_jax.data import images as images_lib
-from oq2vl_jax.data.selection import shard_fingerprint
+from oq2vl_jax.data.sources.selection import shard_fingerprint
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models import params as params_lib
 from oq2vl_jax.models.presets import ModelOptions
 from oq2vl_jax.models.siglip_text import SiglipPair
 from oq2vl_jax.models.vlm import normalize_pixels
+from oq2vl_jax.pretrained import siglip_pair
 
 DEFAULT_TASK = "siglip"
 
@@ -101,7 +101,7 @@ class Scorer:
         if sample["status"] != "success":
             return None
         try:
-            return images_lib.load_image(sample["image"], self.image_size)[0]
+            return images_lib.decode_image(sample["image"], self.image_size)[0]
         except images_lib.BadImage:
             return None
 

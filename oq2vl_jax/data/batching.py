@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from oq2vl_jax.data.images import BadImage, load_image
+from oq2vl_jax.data.images import BadImage, decode_image
 from oq2vl_jax.data.stats import empty_stats
 
 LABEL_MODES = ("default", "reference_compat")
@@ -57,7 +57,7 @@ class BatchAssembler:
         decoded = []
         for data in document.images:
             try:
-                array, repaired = load_image(data, self.image_size, self.resize_mode, self.max_image_pixels,
+                array, repaired = decode_image(data, self.image_size, self.resize_mode, self.max_image_pixels,
                                              self.jpeg_draft)
             except BadImage as e:
                 stats[e.reason] += 1

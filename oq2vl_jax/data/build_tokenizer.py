@@ -4,8 +4,8 @@
     python -m oq2vl_jax.data.build_tokenizer '/data/shards/{00000..00099}.tar' /more/shards --out tok \\
         --max-captions 200000
 
-Each SOURCE is a webdataset path (a directory, one .tar, a glob, a brace range; see data/shard_paths.py) or, with
-`--kind packed_json`, the reference's packed JSON files. Up to --max-captions captions, spread evenly over the
+Each SOURCE is a webdataset path (a directory, one .tar, a glob, a brace range; see data/sources/shard_paths.py) or,
+with `--kind packed_json`, the reference's packed JSON files. Up to --max-captions captions, spread evenly over the
 sources' records, train a BPE with Qwen2's pre-tokenizer (split regex + byte level) and Qwen2's special tokens
 `<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (eos); `load_tokenizer` adds `<s>` and `<|endofchunk|>` on top,
 as for the real Qwen2 tokenizer. The result is an HF tokenizer directory (tokenizer.json + tokenizer_config.json)
@@ -16,46 +16,20 @@ given captions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from oq2vl_jax.errors import UserError
-
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-
-
-def train_bpe_tokenizer(out_dir: str, texts: Iterable[str], vocab_size: int) -> str:
-    """Trains the BPE on `texts` and saves an HF tokenizer directory into out_dir (created); returns out_dir."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    os.makedirs(out_dir, exist_ok=True)
-    tok.save(os.path.join(out_dir, "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-              "bos_token": None, "unk_token": None, "model_max_length": 32768, "clean_up_tokenization_spaces": False}
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    return out_dir
+from oq2vl_jax.errors import UserError, report_user_error
+from oq2vl_jax.text.bpe import train_bpe_tokenizer
 
 
 def read_captions(paths: Sequence, kind: str, max_captions: int, log=print) -> list[str]:
     """Up to max_captions caption texts, reading records at an even stride over every source."""
-    from oq2vl_jax.data.sources import CAPTION_KINDS, open_source
+    from oq2vl_jax.data.sources.registry import CAPTION_KINDS, open_source
 
     if kind not in CAPTION_KINDS:
         raise UserError(f"--kind must be one of {CAPTION_KINDS}, got {kind!r}")
@@ -115,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         out = build(args.sources, args.out, vocab_size=args.vocab_size, kind=args.kind,
                     max_captions=max(1, args.max_captions))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from oq2vl_jax.data.tokenizer import load_tokenizer
+        return report_user_error(e)
+    from oq2vl_jax.text.tokens import load_tokenizer
     print(f"tokenizer written to {out} ({len(load_tokenizer(out))} tokens with <s> and <|endofchunk|>); use "
           f"--config.data.tokenizer_dir={out}")
     return 0

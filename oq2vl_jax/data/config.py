@@ -17,7 +17,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         # each: {kind: webdataset|packed_json|tfds|llava|mammoth, path, weight, + kind extras: index_dir (webdataset),
         # tfds_name / split / data_dir / image_key / text_key (tfds), image_root + index_dir (llava, mammoth)}.
         # A webdataset path may be a directory, one .tar, a glob (train-*.tar), a brace range ({00000..01023}.tar)
-        # or a list of these (see data/shard_paths.py).
+        # or a list of these (see data/sources/shard_paths.py).
         "sources": (),
         "eval_sources": (),
         "tokenizer_dir": "",
@@ -38,6 +38,6 @@ def default_data_config() -> ml_collections.ConfigDict:
         "shuffle_rows": True,           # emit each FFD round's rows in a seeded random order
         "max_image_pixels": MAX_IMAGE_PIXELS,
         "jpeg_draft": False,            # opt-in faster JPEG decode of large images; NOT bit-exact with the reference
-        "chat_format": "open_qwen2vl",  # SFT (llava/mammoth sources): "open_qwen2vl" | "qwen2" | "qwen2.5" (data/chat.py)
+        "chat_format": "open_qwen2vl",  # SFT (llava / mammoth): "open_qwen2vl" | "qwen2" | "qwen2.5" (text/chat.py)
         "missing_image": "text_only",   # SFT sample with an unusable image: "text_only" (keep the text) | "skip"
     })

@@ -94,7 +94,7 @@ def resize(pixels: np.ndarray, image_size: int, resize_mode: str = "squash") -> 
     raise UserError(f"data.resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
 
 
-def load_image(data: bytes, image_size: int, resize_mode: str = "squash",
+def decode_image(data: bytes, image_size: int, resize_mode: str = "squash",
                max_pixels: int = MAX_IMAGE_PIXELS, jpeg_draft: bool = False) -> tuple[np.ndarray, bool]:
     """Decodes, converts to RGB and resizes; returns (uint8 [S, S, 3], mode_repaired). Raises BadImage.
 

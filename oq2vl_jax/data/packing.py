@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from oq2vl_jax.data.tokenizer import DocumentLayout
+from oq2vl_jax.text.documents import DocumentLayout
 
 
 @dataclasses.dataclass(frozen=True)

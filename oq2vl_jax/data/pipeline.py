@@ -27,16 +27,16 @@ import numpy as np
 
 from oq2vl_jax.data import images as images_lib
 from oq2vl_jax.data.batching import LABEL_MODES, BatchAssembler
-from oq2vl_jax.data.chat import CHAT_FORMATS
 from oq2vl_jax.data.config import default_data_config  # noqa: F401  (re-exported)
-from oq2vl_jax.data.conversations import MISSING_IMAGE_POLICIES, ConversationFormatter
 from oq2vl_jax.data.images import BadImage, probe_image
 from oq2vl_jax.data.packing import PACKING_ALGORITHMS, FFDPackIterDataset, PackedDocument
-from oq2vl_jax.data.sources import open_source
+from oq2vl_jax.data.sources.conversations import ConversationFormatter, MISSING_IMAGE_POLICIES
+from oq2vl_jax.data.sources.registry import open_source
 from oq2vl_jax.data.stats import SKIP_REASONS, STATS_KEYS, DataStats  # noqa: F401  (re-exported)
-from oq2vl_jax.data.tokenizer import (TextEncoder, caption_document, interleaved_document, load_tokenizer,
-                                      truncate_document)
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.text.chat import CHAT_FORMATS
+from oq2vl_jax.text.documents import TextEncoder, caption_document, interleaved_document, truncate_document
+from oq2vl_jax.text.tokens import load_tokenizer
 
 OVERLONG_POLICIES = ("truncate", "drop")
 SPLITS = ("train", "eval")
@@ -146,7 +146,7 @@ class DocumentBuilder:
         if record.get("skips"):
             return {"documents": [], "stats": stats}
         documents = []
-        formatted, counts = self.conversations(record)  # chat formatting (data/conversations.py, data/chat.py)
+        formatted, counts = self.conversations(record)  # chat formatting (data/sources/conversations.py, text/chat.py)
         for key, value in counts.items():
             stats[key] = stats.get(key, 0) + value
         for j, (layout, images) in enumerate(formatted):

@@ -15,8 +15,8 @@ import os
 import random
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.evals.kit import SCORERS
 from oq2vl_jax.evals.runner import PREDICTIONS, read_records
-from oq2vl_jax.evals.task import SCORERS
 
 BOOTSTRAP_SAMPLES = 2000
 

@@ -1,26 +1,26 @@
-"""Task names -> task objects (the names `--task` accepts)."""
+"""Task names -> task classes (the names `--task` and `config.evals` accept): every module of evals/tasks/ is imported
+and its `@register`ed classes (evals/kit.py) are the tasks; adding a benchmark is adding a module there."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.evals.ai2d import AI2D
-from oq2vl_jax.evals.demo import DemoVQA
-from oq2vl_jax.evals.mantis import Mantis
-from oq2vl_jax.evals.mathvista import MathVista
-from oq2vl_jax.evals.mmbench import MMBench
-from oq2vl_jax.evals.mmmu import MMMU
-from oq2vl_jax.evals.mmstar import MMStar
-from oq2vl_jax.evals.pope import POPE
-from oq2vl_jax.evals.realworldqa import RealWorldQA
-from oq2vl_jax.evals.seedbench import SEEDBench
-from oq2vl_jax.evals.task import Task
-from oq2vl_jax.evals.textvqa import TextVQA
-
-TASKS: dict[str, type[Task]] = {t.name: t for t in (MMMU, MMBench, SEEDBench, MMStar, AI2D, TextVQA, MathVista, POPE,
-                                                     Mantis, RealWorldQA, DemoVQA)}
+from oq2vl_jax.evals import kit, tasks as tasks_package
 
 
-def get_tasks(spec: str) -> list[Task]:
+def discover() -> dict[str, type[kit.Task]]:
+    """Imports every module of evals/tasks/ (in name order); returns the registered tasks by name."""
+    for module in sorted(m.name for m in pkgutil.iter_modules(tasks_package.__path__)):
+        importlib.import_module(f"{tasks_package.__name__}.{module}")
+    return dict(sorted(kit.TASKS.items()))
+
+
+TASKS: dict[str, type[kit.Task]] = discover()
+
+
+def get_tasks(spec: str) -> list[kit.Task]:
     """"mmmu,pope" -> task objects, in the given order; an unknown name is a UserError listing the known ones."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from oq2vl_jax.evals.runner import _write_atomic
+from oq2vl_jax.evals.runner import write_text_atomic
 
 FAILURE_EXAMPLES = 3
 
@@ -22,7 +22,7 @@ def _short(text, n: int = 120) -> str:
 
 def write_summary(out_dir: str, summary: dict) -> str:
     path = os.path.join(out_dir, "summary.json")
-    _write_atomic(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -77,5 +77,5 @@ def render_report(summary: dict, records_by_task: dict[str, list[dict]]) -> str:
 
 def write_report(out_dir: str, summary: dict, records_by_task: dict[str, list[dict]]) -> str:
     path = os.path.join(out_dir, "report.md")
-    _write_atomic(path, render_report(summary, records_by_task))
+    write_text_atomic(path, render_report(summary, records_by_task))
     return path

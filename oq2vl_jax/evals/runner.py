@@ -23,8 +23,7 @@ from typing import Callable, Sequence
 from absl import logging
 
 from oq2vl_jax.errors import UserError
-from oq2vl_jax.evals.api import EvalModel, Item, Request
-from oq2vl_jax.evals.task import Task, item_rng
+from oq2vl_jax.evals.kit import EvalModel, Item, Request, Task, item_rng
 
 PREDICTIONS = "predictions.jsonl"
 
@@ -69,7 +68,7 @@ def _append(path: str, records: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -151,10 +150,13 @@ def run_task(task: Task, items: Sequence[Item], model: EvalModel, out_dir: str, 
         real = len(chunk)
         filler = chunk[-1] if chunk else pending[0]
         chunk += [filler] * (batch - real if n_batches > 1 or process_count > 1 else 0)
-        outputs = _call_model(model, [task.requests(it, style) for it in chunk])
+        requests = [task.requests(it, style) for it in chunk]
+        outputs = _call_model(model, requests)
         records = []
-        for it, out in zip(chunk[:real], outputs[:real]):
+        for it, reqs, out in zip(chunk[:real], requests[:real], outputs[:real]):
             rec = {"id": it.id, "category": it.category, "outputs": out}
+            if hasattr(model, "prompt_text"):  # the exact prompt per request (lmms-eval's --log_samples)
+                rec["prompts"] = {name: model.prompt_text(r) for name, r in reqs.items()}
             rec.update(task.score(it, out, item_rng(seed, task.name, it.id)))
             records.append(rec)
         _append(my_part, records)
@@ -165,7 +167,7 @@ def run_task(task: Task, items: Sequence[Item], model: EvalModel, out_dir: str, 
         for p in part_paths:
             merged.update({r["id"]: r for r in read_records(p)})
         ordered = [merged[it.id] for it in items if it.id in merged]
-        _write_atomic(main_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+        write_text_atomic(main_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
         for p in part_paths:
             if os.path.exists(p):
                 os.remove(p)

@@ -26,10 +26,11 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from oq2vl_jax import checkpoint_io, parallel, tokens
-from oq2vl_jax.data import tokenizer as tok_lib
+from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.inference import prompts as prompt_lib
+from oq2vl_jax.text import documents as tok_lib, tokens
+from oq2vl_jax.text.contract import PromptContract, TRAINED_DEFAULT
 from oq2vl_jax.inference.sampler import (FINISH_REASONS, FINISH_STOP_STRING, Sampler, SamplingParams, bucket,
                                          pack_prompts, stop_sequence_array)
 from oq2vl_jax.models import layers, params as params_lib
@@ -48,11 +49,14 @@ class Generation:
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory, or a workdir holding `checkpoints/`."""
-    if not os.path.isdir(path):
+    """A checkpoint directory, or a workdir holding `checkpoints/` (either may be a gs:// or s3:// prefix)."""
+    from oq2vl_jax.storage import paths as storage
+
+    path = storage.resolve(path)
+    if not storage.isdir(path):
         raise UserError(f"--ckpt: '{path}' is not a directory")
-    nested = os.path.join(path, "checkpoints")
-    if not any(name.isdigit() for name in os.listdir(path)) and os.path.isdir(nested):
+    nested = storage.join(path, "checkpoints")
+    if not any(name.isdigit() for name in storage.listdir(path)) and storage.isdir(nested):
         return nested
     return path
 
@@ -66,11 +70,12 @@ class VLMInference:
 
     def __init__(self, config: VLMConfig, params: dict, tokenizer_dir: str, *, devices=None, tensor_parallel: int = 1,
                  compute_dtype: str | None = None, attention: str = "auto",
-                 chat_format: str = prompt_lib.DEFAULT_CHAT_FORMAT):
+                 contract: PromptContract = TRAINED_DEFAULT):
         devices = list(devices or jax.devices())
         if compute_dtype is None:
             compute_dtype = "float32" if devices[0].platform == "cpu" else "bfloat16"
-        self.config, self.chat_format = config, chat_format
+        self.config, self.contract = config, contract
+        self.contract_warning: str | None = None  # set by `load` when the checkpoint does not record its contract
         self.options = ModelOptions(compute_dtype=compute_dtype, attention=attention)
         self.tokenizer = tokens.load_tokenizer(tokenizer_dir, what="checkpoint tokenizer")
         self.encoder = tok_lib.TextEncoder.from_tokenizer(self.tokenizer)
@@ -96,8 +101,10 @@ class VLMInference:
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str, *, step: int | None = None, **kwargs) -> "VLMInference":
-        """From an oq2vl_jax checkpoint dir or a training workdir (see the module doc)."""
+    def load(cls, path: str, *, step: int | None = None, chat_format: str | None = None,
+             label_mode: str | None = None, **kwargs) -> "VLMInference":
+        """From an oq2vl_jax checkpoint dir or a training workdir (see the module doc). The prompt contract is the
+        checkpoint's (a warning when it has none and a default is assumed); chat_format / label_mode override it."""
         if os.path.isdir(path) and _is_hf_llava(path):
             raise UserError(f"'{path}' is a Hugging Face directory; import it first: python -m oq2vl_jax.convert "
                             f"import --from hf-llava {path} --out CKPT (prismatic runs: --from prismatic)")
@@ -107,8 +114,16 @@ class VLMInference:
             raise UserError(f"'{ckpt}' has no tokenizer/ directory beside its steps; it is not a complete oq2vl_jax "
                             "checkpoint")
         config, params, meta = checkpoint_io.load_params(ckpt, step)
-        logging.info("loaded %s step %s (%d image tokens)", ckpt, meta.get("step", step), config.tokens_per_image)
-        return cls(config, params, tok_dir, **kwargs)
+        contract, warning = checkpoint_io.prompt_contract(meta)
+        overrides = {k: v for k, v in (("chat_format", chat_format), ("label_mode", label_mode)) if v is not None}
+        if warning and not overrides:
+            logging.warning("%s", warning)
+        contract = PromptContract.from_dict({**contract.to_dict(), **overrides})
+        logging.info("loaded %s step %s (%d image tokens; %s)", ckpt, meta.get("step", step), config.tokens_per_image,
+                     contract.describe())
+        vlm = cls(config, params, tok_dir, contract=contract, **kwargs)
+        vlm.contract_warning = None if overrides else warning
+        return vlm
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _cache_shardings(self, cache):
@@ -125,9 +140,13 @@ class VLMInference:
     def prompts(self, requests: Sequence[Any], template: str) -> list[prompt_lib.Prompt]:
         return [prompt_lib.build_prompt(r, self.encoder, template=template,
                                         tokens_per_image=self.config.tokens_per_image,
-                                        image_size=self.config.vision.image_size, chat_format=self.chat_format,
+                                        image_size=self.config.vision.image_size, contract=self.contract,
                                         where=f"request {i}")
                 for i, r in enumerate(requests)]
+
+    def describe_prompt(self, prompt: prompt_lib.Prompt) -> str:
+        """The prompt as the model sees it (decoded, special tokens kept, image blocks as `<image:N tokens>`)."""
+        return prompt_lib.describe(prompt.document, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False))
 
     def _run(self, fn, *args):
         with layers.activation_sharding(parallel.activation_sharding_fn(self.mesh)):
@@ -155,15 +174,17 @@ class VLMInference:
         return SamplingParams(int(max_new_tokens), float(temperature), int(top_k), float(top_p), int(seed))
 
     def generate_prompts(self, built: Sequence[prompt_lib.Prompt], sampling: SamplingParams, *,
-                         stop: Sequence[str] = ()) -> list[Generation]:
-        """One batch of already built prompts (the CLI and the benchmark use this to time batches)."""
+                         stop: Sequence[str] = (), timings: dict | None = None) -> list[Generation]:
+        """One batch of already built prompts (the CLI and the benchmark use this to time batches; `timings`: see
+        `Sampler.generate`)."""
         rows = self._rows(len(built))
         batch = pack_prompts(built, rows=rows, pad_id=self.encoder.pad_id, image_size=self.config.vision.image_size)
         active = np.arange(rows) < len(built)
         stop_sequences = stop_sequence_array([self.encoder.encode(s) for s in stop])
         tokens, count, reason = self._run(
             lambda: self.sampler.generate(self.params, batch, sampling, stop_ids=self.stop_ids,
-                                          stop_sequences=stop_sequences, active=active, put=self._put))
+                                          stop_sequences=stop_sequences, active=active, put=self._put,
+                                          timings=timings))
         out = []
         for r in range(len(built)):
             ids = tuple(int(t) for t in tokens[r, :count[r]])
@@ -185,7 +206,7 @@ class VLMInference:
         first = jnp.exp(logp[:, 0])  # the distribution after the prompt: the first generated token's
         return token_logp, jnp.take(first, candidate_ids, axis=-1)
 
-    def _score_batch(self, built: Sequence[prompt_lib.Prompt], continuations: Sequence[Sequence[int]],
+    def score_batch(self, built: Sequence[prompt_lib.Prompt], continuations: Sequence[Sequence[int]],
                      candidate_ids: Sequence[int]):
         docs = []
         for pr, cont in zip(built, continuations):
@@ -224,7 +245,7 @@ class VLMInference:
         sums: list[float] = []
         for start in range(0, len(flat), batch_size):
             part = flat[start:start + batch_size]
-            token_logp, _ = self._score_batch([built[i] for i, _ in part], [ids for _, ids in part], [0])
+            token_logp, _ = self.score_batch([built[i] for i, _ in part], [ids for _, ids in part], [0])
             sums.extend(float(x) for x in token_logp.sum(axis=1))
         out, k = [], 0
         for conts in continuations:
@@ -251,7 +272,7 @@ class VLMInference:
         rows = []
         for start in range(0, len(built), batch_size):
             part = built[start:start + batch_size]
-            _, cand = self._score_batch(part, [[ids[0]]] * len(part), ids)
+            _, cand = self.score_batch(part, [[ids[0]]] * len(part), ids)
             rows.append(cand)
         probs = np.concatenate(rows, axis=0).astype(np.float64)
         return probs / probs.sum(axis=1, keepdims=True)

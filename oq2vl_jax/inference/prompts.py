@@ -7,11 +7,14 @@ A request is a dict (or a plain string = text only):
   {"messages": [{"role": ..., "content": ...}, ...]}   chat messages (template "chat" only)
 
 Templates:
-  base  the pre-training layout `<s> [image] \\n text` (data/tokenizer.py `caption_document` without its caption and
+  base  the pre-training layout `<s> [image] \\n text` (text/documents.py `caption_document` without its caption and
         `<|im_end|>`); several images: `<s> [image] \\n [image] \\n text`; no image: `<s> text`. With an empty text
         the model continues a caption.
-  chat  the SFT conversation layout with the generation prompt (`oq2vl_jax.data.chat.generation_prompt`, format
-        "open_qwen2vl" unless another is named); images go before the first user text.
+  chat  the SFT conversation layout with the generation prompt (`oq2vl_jax.text.chat.generation_prompt`), rendered
+        by the checkpoint's prompt contract (text/contract.py: chat format, label mode, image separator): token for
+        token the training document of the same conversation up to its answer. Images are placed where the text's
+        `<image>` placeholders (or the messages' image parts) are; a request without placeholders gets them before
+        the first user text followed by the contract's separator ("<image>\\n{text}"), as the training data.
 
 Images are decoded and squash-resized exactly as in training (`data/images.py`: PIL-exact bicubic to the tower's
 size); normalisation happens on device (`models/vlm.py`).
@@ -26,11 +29,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from oq2vl_jax.data import images as image_lib
-from oq2vl_jax.data import tokenizer as tok_lib
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.text import documents as tok_lib
+from oq2vl_jax.text.contract import PromptContract, TRAINED_DEFAULT
 
 TEMPLATES = ("base", "chat")
-DEFAULT_CHAT_FORMAT = "open_qwen2vl"  # the reference's SFT template (the one the hf-llava export's template writes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +55,9 @@ def load_image(src: Any, image_size: int, where: str = "image") -> np.ndarray:
             if not os.path.isfile(path):
                 raise UserError(f"{where}: image file '{path}' does not exist")
             with open(path, "rb") as f:
-                return image_lib.load_image(f.read(), image_size)[0]
+                return image_lib.decode_image(f.read(), image_size)[0]
         if isinstance(src, (bytes, bytearray)):
-            return image_lib.load_image(bytes(src), image_size)[0]
+            return image_lib.decode_image(bytes(src), image_size)[0]
         if isinstance(src, np.ndarray):
             if src.dtype != np.uint8 or src.ndim != 3 or src.shape[-1] != 3:
                 raise UserError(f"{where}: an image array must be uint8 [H, W, 3], got {src.dtype} {src.shape}")
@@ -83,54 +86,55 @@ def _request_images(request: Mapping) -> list:
 
 def base_document(encoder: tok_lib.TextEncoder, text: str, num_images: int,
                   tokens_per_image: int) -> tok_lib.DocumentLayout:
-    pieces: list = [[encoder.bos_id]]
+    """`<s>` [image] \n [image] \n ... text: the pre-training layout without the caption's end token."""
+    parts: list = []
     for k in range(num_images):
-        if k:
-            pieces.append(encoder.encode("\n"))
-        pieces.append(k)
-    body = ("\n" + text) if num_images else text
-    pieces.append(encoder.encode(tok_lib._escape(body)) if body else [])
-    return tok_lib._layout(pieces, tokens_per_image)
+        parts += ["\n", k] if k else [k]
+    parts.append(("\n" + text) if num_images else text)
+    return tok_lib.prompt_document(encoder, parts, tokens_per_image)
 
 
-def chat_messages(request: Mapping, num_images: int) -> list[dict]:
-    """The request as chat messages, with `num_images` image parts at the start of the first user turn."""
+def chat_messages(request: Mapping) -> list[dict]:
+    """The request as chat messages: its `messages`, or one user turn with its `text`."""
     if "messages" in request:
-        messages = [dict(m) for m in request["messages"]]
-        if not messages or not all(isinstance(m, Mapping) and "role" in m and "content" in m for m in messages):
+        messages = request["messages"]
+        if (not isinstance(messages, (list, tuple)) or not messages
+                or not all(isinstance(m, Mapping) and "role" in m and "content" in m for m in messages)):
             raise UserError("'messages' must be a non-empty list of {'role': ..., 'content': ...}")
-    else:
-        messages = [{"role": "user", "content": str(request.get("text", ""))}]
-    placed = _count_image_parts(messages)
-    if placed and placed != num_images:
-        raise UserError(f"the messages hold {placed} image part(s) but the request has {num_images} image(s)")
-    if not placed and num_images:
-        first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
-        if first is None:
-            raise UserError("a chat request with images needs a user message")
-        content = messages[first]["content"]
-        parts = content if isinstance(content, list) else [{"type": "text", "text": str(content)}]
-        messages[first] = {**messages[first], "content": [{"type": "image"}] * num_images + list(parts)}
-    return messages
+        return [dict(m) for m in messages]
+    return [{"role": "user", "content": str(request.get("text", ""))}]
 
 
-def _count_image_parts(messages: Sequence[Mapping]) -> int:
-    return sum(1 for m in messages if isinstance(m["content"], list) for p in m["content"] if p.get("type") == "image")
+def chat_document(encoder: tok_lib.TextEncoder, messages: list[dict], tokens_per_image: int, num_images: int,
+                  contract: PromptContract = TRAINED_DEFAULT, where: str = "request") -> tok_lib.DocumentLayout:
+    from oq2vl_jax.text import chat
 
-
-def chat_document(encoder: tok_lib.TextEncoder, messages: list[dict], tokens_per_image: int,
-                  chat_format: str = DEFAULT_CHAT_FORMAT, where: str = "request") -> tok_lib.DocumentLayout:
-    from oq2vl_jax.data import chat
-
-    chat.check_chat_format(chat_format, "chat_format")
+    chat.check_chat_format(contract.chat_format, "chat_format")
     try:
-        return chat.generation_prompt(messages, chat_format, encoder, tokens_per_image)
+        return chat.generation_prompt(messages, contract.chat_format, encoder, tokens_per_image,
+                                      num_images=num_images, reference_compat=contract.reference_compat,
+                                      image_separator=contract.image_separator)
     except chat.ConversationError as e:
         raise UserError(f"{where}: {e}") from e
 
 
+def describe(document: tok_lib.DocumentLayout, decode) -> str:
+    """The prompt as the model sees it: decoded text with each image block written `<image:N tokens>`."""
+    out, pos = [], 0
+    n = document.length
+    for start in document.image_starts:
+        out.append(decode(document.ids[pos:start].tolist()))
+        end = start
+        while end < n and document.image_mask[end]:
+            end += 1
+        out.append(f"<image:{end - start} tokens>")
+        pos = end
+    out.append(decode(document.ids[pos:].tolist()))
+    return "".join(out)
+
+
 def build_prompt(request: Any, encoder: tok_lib.TextEncoder, *, template: str, tokens_per_image: int,
-                 image_size: int, chat_format: str = DEFAULT_CHAT_FORMAT, where: str = "request") -> Prompt:
+                 image_size: int, contract: PromptContract = TRAINED_DEFAULT, where: str = "request") -> Prompt:
     if template not in TEMPLATES:
         raise UserError(f"unknown template '{template}'; choose one of {TEMPLATES}")
     if isinstance(request, str):
@@ -147,7 +151,7 @@ def build_prompt(request: Any, encoder: tok_lib.TextEncoder, *, template: str, t
             raise UserError(f"{where}: 'messages' needs --template chat; the base template takes 'text'")
         doc = base_document(encoder, str(request.get("text", "")), len(pixels), tokens_per_image)
     else:
-        doc = chat_document(encoder, chat_messages(request, len(pixels)), tokens_per_image, chat_format, where)
+        doc = chat_document(encoder, chat_messages(request), tokens_per_image, len(pixels), contract, where)
     if doc.num_images != len(pixels):
         raise UserError(f"{where}: the prompt has {doc.num_images} image slot(s) for {len(pixels)} image(s)")
     return Prompt(doc, pixels)

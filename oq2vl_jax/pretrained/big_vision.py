@@ -52,7 +52,7 @@ def to_ours(name: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
-class _Blocks:
+class BlockReader:
     """Per-block tensors of either layout; a scanned tensor is read once and sliced for every block."""
 
     def __init__(self, source: tensor_files.TensorSource, prefix: str, dtype, trunk: str = "Transformer"):
@@ -81,7 +81,7 @@ class _Blocks:
         return self._cached[1][i]
 
 
-def _stack(blocks: _Blocks, start: int, count: int, shapes: dict) -> dict:
+def stack_blocks(blocks: BlockReader, start: int, count: int, shapes: dict) -> dict:
     out: dict = {}
     for ours, theirs in BV_BLOCK:
         stacked = None
@@ -102,7 +102,7 @@ def config_from_weights(source: tensor_files.TensorSource, prefix: str) -> Sigli
         raise UserError(f"tensor '{prefix + ANCHOR}' has shape {kernel.shape}, expected [p, p, 3, D]")
     p, width = kernel.shape[0], kernel.shape[3]
     grid = hf.pos_embed_grid(source.get(prefix + "pos_embedding"), width, prefix + "pos_embedding")
-    blocks = _Blocks(source, prefix, None)
+    blocks = BlockReader(source, prefix, None)
     depth = blocks.depth()
     if depth == 0:
         raise UserError(f"{source.where} has no '{prefix}Transformer/encoderblock*' tensors")
@@ -120,18 +120,18 @@ def vision_from_big_vision(source: tensor_files.TensorSource, cfg: SiglipConfig,
     get = source.getter(prefix, dtype)
     p, d = cfg.patch_size, cfg.width
     shapes = hf.siglip_expected_shapes(cfg)
-    blocks = _Blocks(source, prefix, dtype)
+    blocks = BlockReader(source, prefix, dtype)
     n_run = cfg.num_blocks_run
     vision = {
         "patch_kernel": hf.check_shape(prefix + ANCHOR, np.asarray(get(ANCHOR)), (p, p, 3, d)),
         "patch_bias": hf.check_shape(prefix + "embedding/bias", np.asarray(get("embedding/bias")), (d,)),
         "pos_embed": hf.check_shape(prefix + "pos_embedding", np.asarray(get("pos_embedding")),
                                     (1, cfg.num_patches, d)).reshape(cfg.num_patches, d),
-        "blocks": _stack(blocks, 0, n_run, shapes),
+        "blocks": stack_blocks(blocks, 0, n_run, shapes),
     }
     extra: dict = {}
     if cfg.depth > n_run:
-        extra["blocks"] = _stack(blocks, n_run, cfg.depth - n_run, shapes)
+        extra["blocks"] = stack_blocks(blocks, n_run, cfg.depth - n_run, shapes)
     if prefix + "Transformer/encoder_norm/scale" in source:
         extra["norm"] = {"scale": np.asarray(get("Transformer/encoder_norm/scale")),
                          "bias": np.asarray(get("Transformer/encoder_norm/bias"))}

@@ -82,7 +82,7 @@ def check_shape(name: str, array: np.ndarray, expected: tuple[int, ...]) -> np.n
     return array
 
 
-def _stack_layers(get: Getter, table, prefix: str, count: int, start: int = 0,
+def stack_layers(get: Getter, table, prefix: str, count: int, start: int = 0,
                   shapes: dict | None = None) -> dict:
     """Reads layers start..start+count-1 of every table entry into one preallocated [count, ...] array each (so a
     parameter is never held both as a list of layers and stacked)."""
@@ -133,7 +133,7 @@ def qwen2_from_hf(get: Getter, cfg: Qwen2Config, prefix: str = "model.", lm_head
     tree = {
         "embed": check_shape(prefix + "embed_tokens.weight", np.asarray(get(prefix + "embed_tokens.weight")),
                              (cfg.vocab_size, cfg.hidden_size)),
-        "layers": _stack_layers(get, QWEN2_LAYER, prefix + "layers.", cfg.num_layers, shapes=shapes),
+        "layers": stack_layers(get, QWEN2_LAYER, prefix + "layers.", cfg.num_layers, shapes=shapes),
         "norm": {"scale": check_shape(prefix + "norm.weight", np.asarray(get(prefix + "norm.weight")),
                                       (cfg.hidden_size,))},
     }
@@ -197,7 +197,7 @@ def siglip_from_hf(get: Getter, cfg: SiglipConfig, prefix: str = "vision_model."
                                   np.asarray(get(prefix + "embeddings.patch_embedding.bias")), (d,)),
         "pos_embed": check_shape(prefix + "embeddings.position_embedding.weight",
                                  np.asarray(get(prefix + "embeddings.position_embedding.weight")), (cfg.num_patches, d)),
-        "blocks": _stack_layers(get, SIGLIP_BLOCK, layer_prefix, cfg.num_blocks_run, shapes=shapes),
+        "blocks": stack_layers(get, SIGLIP_BLOCK, layer_prefix, cfg.num_blocks_run, shapes=shapes),
     }
 
 
@@ -236,20 +236,20 @@ def projector_to_torch(tree: dict, prefix: str = "mlp_projector.") -> Iterator[t
 #    "head": {"probe" [1, n, D], "q"|"k"|"v"|"out"|"fc1"|"fc2": {kernel [in, out], bias}, "norm": {scale, bias}}}
 # Every key is optional.
 
-def _dense_from_hf(get: Getter, name: str) -> dict:
+def dense_from_hf(get: Getter, name: str) -> dict:
     return {"kernel": np.ascontiguousarray(np.asarray(get(name + ".weight")).T), "bias": np.asarray(get(name + ".bias"))}
 
 
-def _dense_to_hf(dense: dict, name: str) -> Iterator[tuple[str, np.ndarray]]:
+def dense_to_hf(dense: dict, name: str) -> Iterator[tuple[str, np.ndarray]]:
     yield name + ".weight", np.ascontiguousarray(np.asarray(dense["kernel"]).T)
     yield name + ".bias", np.asarray(dense["bias"])
 
 
-def _norm_from_hf(get: Getter, name: str) -> dict:
+def norm_from_hf(get: Getter, name: str) -> dict:
     return {"scale": np.asarray(get(name + ".weight")), "bias": np.asarray(get(name + ".bias"))}
 
 
-def _norm_to_hf(norm: dict, name: str) -> Iterator[tuple[str, np.ndarray]]:
+def norm_to_hf(norm: dict, name: str) -> Iterator[tuple[str, np.ndarray]]:
     yield name + ".weight", np.asarray(norm["scale"])
     yield name + ".bias", np.asarray(norm["bias"])
 
@@ -280,10 +280,10 @@ def _map_head_from_hf(get: Getter, prefix: str, width: int) -> dict:
     head = {"probe": np.asarray(get(prefix + "probe"))}
     for i, k in enumerate("qkv"):
         head[k] = {"kernel": np.ascontiguousarray(ws[i].T), "bias": bs[i].copy()}
-    head["out"] = _dense_from_hf(get, prefix + "attention.out_proj")
-    head["norm"] = _norm_from_hf(get, prefix + "layernorm")
-    head["fc1"] = _dense_from_hf(get, prefix + "mlp.fc1")
-    head["fc2"] = _dense_from_hf(get, prefix + "mlp.fc2")
+    head["out"] = dense_from_hf(get, prefix + "attention.out_proj")
+    head["norm"] = norm_from_hf(get, prefix + "layernorm")
+    head["fc1"] = dense_from_hf(get, prefix + "mlp.fc1")
+    head["fc2"] = dense_from_hf(get, prefix + "mlp.fc2")
     return head
 
 
@@ -292,10 +292,10 @@ def _map_head_to_hf(head: dict, prefix: str) -> Iterator[tuple[str, np.ndarray]]
     yield prefix + "attention.in_proj_weight", np.concatenate(
         [np.asarray(head[k]["kernel"]).T for k in "qkv"], axis=0)
     yield prefix + "attention.in_proj_bias", np.concatenate([np.asarray(head[k]["bias"]) for k in "qkv"], axis=0)
-    yield from _dense_to_hf(head["out"], prefix + "attention.out_proj")
-    yield from _norm_to_hf(head["norm"], prefix + "layernorm")
-    yield from _dense_to_hf(head["fc1"], prefix + "mlp.fc1")
-    yield from _dense_to_hf(head["fc2"], prefix + "mlp.fc2")
+    yield from dense_to_hf(head["out"], prefix + "attention.out_proj")
+    yield from norm_to_hf(head["norm"], prefix + "layernorm")
+    yield from dense_to_hf(head["fc1"], prefix + "mlp.fc1")
+    yield from dense_to_hf(head["fc2"], prefix + "mlp.fc2")
 
 
 def siglip_extra_from_hf(get: Getter, names, cfg: SiglipConfig, prefix: str = "vision_model.") -> dict:
@@ -303,10 +303,10 @@ def siglip_extra_from_hf(get: Getter, names, cfg: SiglipConfig, prefix: str = "v
     extra: dict = {}
     n_run = cfg.num_blocks_run
     if cfg.depth > n_run:
-        extra["blocks"] = _stack_layers(get, SIGLIP_BLOCK, prefix + "encoder.layers.", cfg.depth - n_run, start=n_run,
+        extra["blocks"] = stack_layers(get, SIGLIP_BLOCK, prefix + "encoder.layers.", cfg.depth - n_run, start=n_run,
                                         shapes=siglip_expected_shapes(cfg))
     if prefix + "post_layernorm.weight" in names:
-        extra["norm"] = _norm_from_hf(get, prefix + "post_layernorm")
+        extra["norm"] = norm_from_hf(get, prefix + "post_layernorm")
     if prefix + "head.probe" in names:
         extra["head"] = check_head(_map_head_from_hf(get, prefix + "head.", cfg.width), cfg, "HF")
     return extra

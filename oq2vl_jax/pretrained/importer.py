@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ class Imported:
     vision_extra: dict
     description: list[str]  # one line per source, for the CLI summary
     llm_hf_config: dict | None = None  # the source config.json of the LLM, so exports can keep its other fields
+    contract: Any = None  # text/contract.py PromptContract the source was taught with (None: never chat-trained)
 
 
 def apply_vision_overrides(cfg: SiglipConfig, overrides: dict | None, where: str) -> SiglipConfig:
@@ -156,6 +158,11 @@ def check_projector(tree: dict, cfg: VLMConfig, where: str) -> dict:
 
 def import_sources(llm_dir: str, vision_src: str, *, tokens_per_image: int, projector_seed: int = PROJECTOR_SEED,
                    vision_overrides: dict | None = None, dtype=np.float32) -> Imported:
+    from oq2vl_jax.storage import local_copy, paths as storage  # weights in a bucket: read from a local copy
+
+    llm_dir = local_copy.local_dir(llm_dir)
+    if storage.is_remote(vision_src):
+        vision_src = (local_copy.local_dir if storage.isdir(vision_src) else local_copy.local_file)(vision_src)
     llm_cfg, llm, llm_hf_config = load_llm(llm_dir, dtype)
     vision_cfg, vision, extra, kind = load_vision(vision_src, overrides=vision_overrides, dtype=dtype)
     config = VLMConfig(vision=vision_cfg, llm=llm_cfg, tokens_per_image=tokens_per_image)

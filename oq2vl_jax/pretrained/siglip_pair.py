@@ -87,9 +87,9 @@ def text_from_hf(get, cfg: SiglipTextConfig, prefix: str = "text_model.") -> dic
     head = hf.check_shape(prefix + "head.weight", np.asarray(get(prefix + "head.weight")), (cfg.projection_dim, cfg.width))
     return _text_tree(get, cfg, np.asarray(get(e + "token_embedding.weight")),
                       np.asarray(get(e + "position_embedding.weight")),
-                      hf._stack_layers(get, hf.SIGLIP_BLOCK, prefix + "encoder.layers.", cfg.depth,
+                      hf.stack_layers(get, hf.SIGLIP_BLOCK, prefix + "encoder.layers.", cfg.depth,
                                        shapes=hf.siglip_expected_shapes(cfg)),
-                      hf._norm_from_hf(get, prefix + "final_layer_norm"),
+                      hf.norm_from_hf(get, prefix + "final_layer_norm"),
                       np.ascontiguousarray(head.T), np.asarray(get(prefix + "head.bias")))
 
 
@@ -122,7 +122,7 @@ def load_big_vision(path: str, dtype) -> tuple[SiglipPairConfig, dict]:
     get = source.getter(prefix, dtype)
     embed = np.asarray(get("Embed_0/embedding"))
     pos = np.asarray(get("pos_embedding"))
-    blocks = big_vision._Blocks(source, prefix, dtype, trunk="Encoder_0")
+    blocks = big_vision.BlockReader(source, prefix, dtype, trunk="Encoder_0")
     depth = blocks.depth()
     if depth == 0 or pos.ndim != 3:
         raise UserError(f"{source.where}: text tower without '{prefix}Encoder_0/encoderblock*' or with a "
@@ -134,7 +134,7 @@ def load_big_vision(path: str, dtype) -> tuple[SiglipPairConfig, dict]:
                            max_length=pos.shape[1], projection_dim=head_kernel.shape[-1], hidden_act=GELU_TANH)
     cfg.validate()
     text = _text_tree(get, cfg, embed, pos.reshape(pos.shape[1:]),
-                      big_vision._stack(blocks, 0, depth, hf.siglip_expected_shapes(cfg)),
+                      big_vision.stack_blocks(blocks, 0, depth, hf.siglip_expected_shapes(cfg)),
                       {"scale": np.asarray(get("Encoder_0/encoder_norm/scale")),
                        "bias": np.asarray(get("Encoder_0/encoder_norm/bias"))},
                       head_kernel, np.asarray(get("head/bias")))
@@ -189,9 +189,9 @@ def load_open_clip(path: str, dtype, vision_heads: int | None = None) -> tuple[S
 
     bias = get("text_projection.bias") if prefix + "text_projection.bias" in source else np.zeros(proj.shape[0], proj.dtype)
     text = _text_tree(get, cfg, embed, pos,
-                      hf._stack_layers(fused, OPEN_CLIP_BLOCK, "transformer.resblocks.", depth,
+                      hf.stack_layers(fused, OPEN_CLIP_BLOCK, "transformer.resblocks.", depth,
                                        shapes=hf.siglip_expected_shapes(cfg)),
-                      hf._norm_from_hf(get, "ln_final"), np.ascontiguousarray(proj.T), np.asarray(bias))
+                      hf.norm_from_hf(get, "ln_final"), np.ascontiguousarray(proj.T), np.asarray(bias))
     top = prefix[: -len("text.")] if prefix.endswith("text.") else ""
     tree = {"vision": vision, "text": text, "logit_scale": _scalar(source, top + "logit_scale"),
             "logit_bias": _scalar(source, top + "logit_bias")}

@@ -52,6 +52,10 @@ class TensorSource:
             return lambda name: self.get(prefix + name)
         return lambda name: np.asarray(self.get(prefix + name)).astype(dtype, copy=False)
 
+    def under(self, prefix: str) -> "TensorSource":
+        """The tensors whose names start with `prefix`, renamed without it (e.g. a tower inside a bigger model)."""
+        return TensorSource({n[len(prefix):]: r for n, r in self._readers.items() if n.startswith(prefix)}, self.where)
+
     def find_prefix(self, suffix: str, exclude: tuple[str, ...] = ()) -> str | None:
         """The key prefix under which `suffix` occurs (None if nowhere); ambiguous layouts are a UserError."""
         prefixes = sorted({n[: -len(suffix)] for n in self._readers

@@ -97,23 +97,23 @@ def vision_from_timm(source: tensor_files.TensorSource, cfg: SiglipConfig, prefi
         "patch_kernel": hf.conv_weight_to_hwio(patch),
         "patch_bias": hf.check_shape(prefix + "patch_embed.proj.bias", np.asarray(get("patch_embed.proj.bias")), (d,)),
         "pos_embed": pos.reshape(cfg.num_patches, d),
-        "blocks": hf._stack_layers(get, TIMM_BLOCK, "blocks.", cfg.num_blocks_run, shapes=shapes),
+        "blocks": hf.stack_layers(get, TIMM_BLOCK, "blocks.", cfg.num_blocks_run, shapes=shapes),
     }
     extra: dict = {}
     n_run = cfg.num_blocks_run
     if cfg.depth > n_run:
-        extra["blocks"] = hf._stack_layers(get, TIMM_BLOCK, "blocks.", cfg.depth - n_run, start=n_run, shapes=shapes)
+        extra["blocks"] = hf.stack_layers(get, TIMM_BLOCK, "blocks.", cfg.depth - n_run, start=n_run, shapes=shapes)
     if prefix + "norm.weight" in source:
-        extra["norm"] = hf._norm_from_hf(get, "norm")
+        extra["norm"] = hf.norm_from_hf(get, "norm")
     if prefix + "attn_pool.latent" in source:
         k, v = hf.split_fused(prefix + "attn_pool.kv.weight", np.asarray(get("attn_pool.kv.weight")), 2, d)
         kb, vb = hf.split_fused(prefix + "attn_pool.kv.bias", np.asarray(get("attn_pool.kv.bias")), 2, d)
         extra["head"] = hf.check_head({
-            "probe": np.asarray(get("attn_pool.latent")), "q": hf._dense_from_hf(get, "attn_pool.q"),
+            "probe": np.asarray(get("attn_pool.latent")), "q": hf.dense_from_hf(get, "attn_pool.q"),
             "k": {"kernel": np.ascontiguousarray(k.T), "bias": kb.copy()},
             "v": {"kernel": np.ascontiguousarray(v.T), "bias": vb.copy()},
-            "out": hf._dense_from_hf(get, "attn_pool.proj"), "norm": hf._norm_from_hf(get, "attn_pool.norm"),
-            "fc1": hf._dense_from_hf(get, "attn_pool.mlp.fc1"), "fc2": hf._dense_from_hf(get, "attn_pool.mlp.fc2"),
+            "out": hf.dense_from_hf(get, "attn_pool.proj"), "norm": hf.norm_from_hf(get, "attn_pool.norm"),
+            "fc1": hf.dense_from_hf(get, "attn_pool.mlp.fc1"), "fc2": hf.dense_from_hf(get, "attn_pool.mlp.fc2"),
         }, cfg, str(source.where))
     return vision, extra
 
@@ -150,17 +150,17 @@ def vision_to_timm(vision: dict, extra: dict | None, prefix: str = "") -> Iterat
             yield b + f"mlp.{fc}.weight", t(_layer(trees, f"{fc}/kernel", i))
             yield b + f"mlp.{fc}.bias", _layer(trees, f"{fc}/bias", i)
     if "norm" in extra:
-        yield from hf._norm_to_hf(extra["norm"], prefix + "norm")
+        yield from hf.norm_to_hf(extra["norm"], prefix + "norm")
     if "head" in extra:
         head, a = extra["head"], prefix + "attn_pool."
         yield a + "latent", np.asarray(head["probe"])
-        yield from hf._dense_to_hf(head["q"], a + "q")
+        yield from hf.dense_to_hf(head["q"], a + "q")
         yield a + "kv.weight", np.concatenate([np.asarray(head[k]["kernel"]).T for k in "kv"], axis=0)
         yield a + "kv.bias", np.concatenate([np.asarray(head[k]["bias"]) for k in "kv"], axis=0)
-        yield from hf._dense_to_hf(head["out"], a + "proj")
-        yield from hf._norm_to_hf(head["norm"], a + "norm")
-        yield from hf._dense_to_hf(head["fc1"], a + "mlp.fc1")
-        yield from hf._dense_to_hf(head["fc2"], a + "mlp.fc2")
+        yield from hf.dense_to_hf(head["out"], a + "proj")
+        yield from hf.norm_to_hf(head["norm"], a + "norm")
+        yield from hf.dense_to_hf(head["fc1"], a + "mlp.fc1")
+        yield from hf.dense_to_hf(head["fc2"], a + "mlp.fc2")
 
 
 def with_heads(cfg: SiglipConfig, where: str) -> SiglipConfig:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -31,6 +31,7 @@ from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.data.stats import DataStats, add_counts
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.presets import VLMConfig
+from oq2vl_jax.text import contract as contract_lib
 from oq2vl_jax.training import flops as flops_lib
 from oq2vl_jax.training import metrics as metrics_lib
 from oq2vl_jax.training import setup
@@ -59,6 +60,7 @@ class RunResult:
     state: TrainState
     parts: ModelParts
     mesh: jax.sharding.Mesh
+    evaluator_scores: dict = dataclasses.field(default_factory=dict)  # name -> (step, scores) of its last run
 
 
 def evaluate(eval_step, state: TrainState, make_iterator: DataFactory, mesh, *, rows: int, global_rows: int,
@@ -83,13 +85,17 @@ def evaluate(eval_step, state: TrainState, make_iterator: DataFactory, mesh, *, 
 
 
 def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None = None,
-        compiler_options: Mapping[str, Any] | None = None, stop: StopSignal | None = None) -> RunResult:
-    """Trains (or resumes) in `workdir`, holding its lock. `stop`: the CLI's signal handlers, installed before
-    start-up; without one the run installs its own for its duration."""
+        compiler_options: Mapping[str, Any] | None = None, stop: StopSignal | None = None,
+        prepare: Callable[[Any, str], None] | None = None) -> RunResult | None:
+    """Trains (or resumes) in `workdir`. The one start-up of a run: checks the config and the workdir, takes the
+    workdir's lock, lets `prepare(config, workdir)` write what the run reads (the CLI's demo data; it may fill in
+    config.data), checks the data paths, then trains. Returns None when a signal came before `prepare` (nothing
+    trained, nothing saved). `stop`: the CLI's signal handlers, installed before start-up; without one the run
+    installs its own for its duration."""
+    workdir = workdir_lib.check_workdir(workdir)
     devices = list(devices if devices is not None else jax.devices())
     mesh = parallel.build_mesh(config.mesh, devices)
-    setup.validate_config(config, mesh, check_data=data_factory is None)
-    workdir = workdir_lib.check_workdir(workdir)
+    setup.validate_config(config, mesh, check_paths=False)
     multiprocess = jax.process_count() > 1
     own_stop = stop is None
     # with several processes SIGTERM belongs to JAX's preemption notifier (installed by jax.distributed.initialize):
@@ -98,6 +104,11 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
     stop.bind(multiprocess)
     try:
         with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
+            if stop.received:  # (several processes: every host gets the preemption SIGTERM)
+                return None
+            if prepare is not None:
+                prepare(config, workdir)
+            setup.validate_paths(config, check_data=data_factory is None)
             return _run(config, workdir, devices, mesh, data_factory, compiler_options, stop)
     finally:
         if own_stop:
@@ -163,9 +174,10 @@ def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
     eval_step = (make_eval_step(parts, mesh, shardings, compiler_options=compiler_options)
                  if t.eval_every and config.data.eval_sources else None)
 
-    meta = checkpoint_io.make_meta(vlm_config, stage=stage, train_config=config.to_json_best_effort())
+    meta = checkpoint_io.make_meta(vlm_config, stage=stage, train_config=config.to_json_best_effort(),
+                                   **checkpoint_io.contract_meta(contract_lib.for_data_config(config.data)))
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, tensorboard=bool(config.log.tensorboard))
-    from oq2vl_jax.evals.evaluators import TrainingEvaluators  # config.evals: benchmark / demo evaluators
+    from oq2vl_jax.training.evaluators import TrainingEvaluators  # config.evals: benchmark / demo evaluators
     evaluators = TrainingEvaluators.from_config(
         config, workdir, vlm_config, checkpoint_io.tokenizer_path(checkpointer.directory) or config.data.tokenizer_dir)
     peak = flops_lib.peak_flops_per_device(devices[0].device_kind, float(config.hardware.peak_tflops))
@@ -264,4 +276,5 @@ def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
     data_stats.log_summary()
     return RunResult(workdir=workdir, checkpoint_dir=checkpointer.directory, start_step=start, last_step=step,
                      stopped_by=stopped_by, first_loss=first_loss, last_loss=last_loss, eval_loss=eval_loss,
-                     model_config=vlm_config, state=state, parts=parts, mesh=mesh)
+                     model_config=vlm_config, state=state, parts=parts, mesh=mesh,
+                     evaluator_scores=dict(evaluators.scores) if evaluators is not None else {})

@@ -15,6 +15,7 @@ from absl import logging
 from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.models.attention import resolve_backend
+from oq2vl_jax.storage import paths as storage
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.training import checks
 from oq2vl_jax.training.optimizer import make_optimizer
@@ -86,7 +87,7 @@ def validate_config(config, mesh, *, check_paths: bool = True, check_data: bool 
 
 
 def validate_paths(config, check_data: bool = True) -> None:
-    from oq2vl_jax.data.sources import source_path_exists
+    from oq2vl_jax.data.sources.registry import source_path_exists
     if check_data and not config.data.sources:
         raise UserError("data.sources is empty; set e.g. --config.data.sources='({\"kind\": \"webdataset\", "
                         "\"path\": \"/data/shards\"},)' (see oq2vl_jax/data/pipeline.py for the kinds)")
@@ -94,14 +95,14 @@ def validate_paths(config, check_data: bool = True) -> None:
     paths = {"pretrained": ("llm_dir", "vision_src"), "checkpoint": ("init_from",), "random": ()}[source]
     for name in paths:
         value = config.init[name]
-        if not value or not os.path.exists(value):
+        if not value or not storage.exists(storage.resolve(value)):
             raise UserError(f"init.{name}: {value!r} does not exist; set --config.init.{name}=PATH "
                             f"(init.source='{source}')")
     for i, spec in enumerate(config.data.sources if check_data else ()):
         path = spec.get("path", "")
         if path and not source_path_exists(spec):  # a webdataset path may be a glob, a brace range or a list
             raise UserError(f"data.sources[{i}].path: {path!r} does not exist")
-    if config.data.tokenizer_dir and not os.path.isdir(config.data.tokenizer_dir):
+    if config.data.tokenizer_dir and not storage.isdir(storage.resolve(config.data.tokenizer_dir)):
         raise UserError(f"data.tokenizer_dir: {config.data.tokenizer_dir!r} is not a directory; set "
                         "--config.data.tokenizer_dir=PATH")
 
