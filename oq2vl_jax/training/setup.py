@@ -31,6 +31,8 @@ def model_options(model_cfg: Mapping, platform: str | None = None) -> ModelOptio
     attention = model_cfg["attention"]
     if attention == "auto" and platform:
         attention = resolve_backend(attention, platform)
+        if attention == "cudnn" and model_cfg["compute_dtype"] == "float32":
+            attention = "xla"  # cuDNN's fused attention takes half precision only
     return ModelOptions(compute_dtype=model_cfg["compute_dtype"], attention=attention,
                         remat=model_cfg["remat"], vision_chunk=int(model_cfg["vision_chunk"]),
                         loss_chunk=int(model_cfg["loss_chunk"]), reference_compat=bool(model_cfg["reference_compat"]))

@@ -88,7 +88,7 @@ def test_demo_compiles_for_target_within_bound(target, module):
     out = subprocess.run(
         [sys.executable, "-m", "oq2vl_jax.train", "--config", os.path.join(REPO, "configs", "demo.py"), "--dry_run",
          "--dry_run_compile", f"--config.hardware.target={target}", f"--config.model.vocab_size={VOCAB}",
-         "--config.model.remat=full", "--config.train.micro_batches=2"],
+         "--config.model.remat=full", "--config.model.attention=auto", "--config.train.micro_batches=2"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     ratio = [line for line in out.stdout.splitlines() if "x the FSDP bound" in line]
