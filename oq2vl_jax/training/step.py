@@ -33,6 +33,7 @@ from oq2vl_jax.training.state import ModelParts, TrainState, merge_params
 
 TRAIN_FIELDS = {**MODEL_FIELDS, **LOSS_FIELDS}
 REPLICATED_TRAINED = ("projector",)  # trained towers small enough to hold whole on every device
+REPLICATED_FROZEN = ("vision",)      # frozen towers used inside the image-chunk loop: gathered once, outside it
 
 
 def batch_shardings(mesh: Mesh, fields: Mapping = TRAIN_FIELDS) -> dict:
@@ -73,8 +74,8 @@ def compute_copy(params: Mapping, shardings: Mapping, dtype, replicate=(), mesh:
     them, and reduce-scatters their gradients, in that dtype: the cast's transpose casts the gradient back), pinned to
     their stored sharding (the gradient then leaves each micro-batch reduce-scattered, not all-reduced).
 
-    Towers in `replicate` (frozen ones: no gradient) are gathered here, once per micro-batch, instead of inside the
-    loops that use them (the vision tower runs in a loop over image chunks). Values are unchanged: the model casts
+    Towers in `replicate` are gathered here, once per micro-batch, instead of inside the loops that use them (the
+    vision tower and the projector run in a loop over image chunks). Values are unchanged: the model casts
     to the compute dtype anyway; vectors (norms, biases) keep their dtype."""
     def one(x, sharding, gather):
         x = x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x
@@ -99,7 +100,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, mesh: M
         # the projector (4.5M parameters) runs inside the vision chunk loop: gathered whole there, GSPMD would gather
         # the image activations instead to compute its sharded weight gradient
         trainable = compute_copy(trainable, state_shardings.trainable, compute, replicate=REPLICATED_TRAINED, mesh=mesh)
-        frozen = compute_copy(frozen, state_shardings.frozen, compute, replicate=frozen.keys(), mesh=mesh)
+        frozen = compute_copy(frozen, state_shardings.frozen, compute, replicate=REPLICATED_FROZEN, mesh=mesh)
         nll, weight = parts.model(merge_params(trainable, frozen)).loss(micro)
         scaled = nll / jnp.maximum(weight, 1.0) / micro_batches if compat else nll
         return scaled, (nll, weight)
