@@ -11,9 +11,10 @@
    synthetic SFT conversations (demo/sft.py, 64 image tokens per image), one epoch each,
      packed:   data.packing="ffd_fill", 512-token rows, rows per update chosen so an update holds ~16 conversations
      unpacked: data.packing="none", rows as long as the longest conversation, 16 rows (= conversations) per update
-   Reported: conversations per second (after compilation; each variant runs twice, in the order A B B A, and the
-   faster run counts, so a shared machine's changing load favours neither), fill, optimizer updates, and the
-   held-out loss (token-weighted over answer tokens) after the same conversations (first run of each).
+   Reported: conversations per second (after compilation; each variant runs twice per round (--rounds), in the
+   order A B B A, so a shared machine's changing load favours neither; the fastest run counts, with min / median /
+   max of all and the range of ratios they allow), fill, optimizer updates, and the held-out loss (token-weighted
+   over answer tokens) after the same conversations (first run of each).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def fill_at_paper_shapes(n: int = 20000, buffer: int = 2048) -> dict:
     return out
 
 
-def training_comparison(num_conversations: int, workdir: str) -> dict:
+def training_comparison(num_conversations: int, workdir: str, rounds: int = 1) -> dict:
     import jax
 
     from oq2vl_jax.demo import shapes as demo
@@ -118,9 +119,10 @@ def training_comparison(num_conversations: int, workdir: str) -> dict:
     results = {"conversations": num_conversations, "data": passes}
     devices = jax.devices()[:1]
     variants = {"packed": ("ffd_fill", 512, packed_rows), "unpacked": ("none", unpacked_length, per_update)}
-    # A B B A: each variant runs twice, in both positions, so load that changes over time (a shared machine) does
-    # not favour one; the faster of the two timings and the first run's losses are reported
-    for repeat, name in enumerate(("packed", "unpacked", "unpacked", "packed")):
+    # A B B A per round: each variant runs twice a round, in both positions, so load that changes over time (a shared
+    # machine) does not favour one; the fastest of its timings (noise only slows a run down) and the first run's
+    # losses are reported, with the spread of the timings and the range of ratios they allow
+    for repeat, name in enumerate(("packed", "unpacked", "unpacked", "packed") * rounds):
         packing, length, batch_rows = variants[name]
         config = make_config(packing, length, batch_rows)
         run_dir = os.path.join(workdir, f"{name}{repeat}")
@@ -148,14 +150,21 @@ def training_comparison(num_conversations: int, workdir: str) -> dict:
             "conversations_per_s": rate,
             "fill": passes[name]["fill"], "final_train_loss": result.last_loss, "heldout_loss": eval_loss,
         }
-    results["speedup_conversations_per_s"] = (results["packed"]["conversations_per_s"]
-                                             / results["unpacked"]["conversations_per_s"])
+    packed, unpacked = (results[k]["conversations_per_s_runs"] for k in ("packed", "unpacked"))
+    for name in ("packed", "unpacked"):
+        runs = results[name]["conversations_per_s_runs"]
+        results[name]["conversations_per_s_spread"] = {"min": min(runs), "median": float(np.median(runs)),
+                                                        "max": max(runs)}
+    results["speedup_conversations_per_s"] = max(packed) / max(unpacked)
+    results["speedup_median"] = float(np.median(packed) / np.median(unpacked))
+    results["speedup_range"] = [min(packed) / max(unpacked), max(packed) / min(unpacked)]
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conversations", type=int, default=480)
+    parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds of the training comparison")
     parser.add_argument("--json", default="")
     parser.add_argument("--skip_training", action="store_true")
     parser.add_argument("--skip_fill", action="store_true")
@@ -164,7 +173,7 @@ def main() -> None:
     print(json.dumps(out, indent=2))
     if not args.skip_training:
         with tempfile.TemporaryDirectory() as tmp:
-            out["training"] = training_comparison(args.conversations, tmp)
+            out["training"] = training_comparison(args.conversations, tmp, args.rounds)
         print(json.dumps(out["training"], indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,7 +1,8 @@
 """Attention backends on the GPU: correctness against xla and forward+backward timing, at the decoder's real shapes
 (B=2 rows of 4096 tokens, ~25 documents a row, 12 query heads, 2 KV heads, head dim 128, bf16).
 
-  python benchmarks/gpu_check.py [--tiny]      # --tiny: small shapes, xla only (checks the script on CPU)
+  python benchmarks/gpu_check.py [--tiny] [--json OUT.jsonl]   # --tiny: small shapes, xla only (checks the script
+                                                                 # on CPU)
 
 Prints one JSON line per backend: max |diff| vs xla on real positions (forward output and dq), fwd and fwd+bwd ms.
 """
@@ -49,6 +50,7 @@ def timed(fn, *args, reps=10):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--json", help="also write the JSON lines here")
     args = ap.parse_args(argv)
     b, t, h, k, d = (2, 256, 4, 2, 32) if args.tiny else (2, 4096, 12, 2, 128)
     backends = ["xla"] if args.tiny else ["xla", "cudnn", "cudnn_packed"]
@@ -80,6 +82,9 @@ def main(argv=None):
     results += vision_case(args.tiny)
     for r in results:
         print(json.dumps(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in results)
     return results
 
 

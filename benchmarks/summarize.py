@@ -1,5 +1,5 @@
-"""Prints the markdown table of a GPU job's results (ours_*.json, peer_*.json in a folder), with the ratio of our
-tokens/s to the best PyTorch peer's.
+"""Prints the markdown table of a GPU job's step results (ours_*.json, peer_*.json in a folder; other JSON files are
+skipped), with the ratio of our tokens/s to the best PyTorch peer's.
 
   python benchmarks/summarize.py gpu_results/
 """
@@ -17,6 +17,8 @@ def rows(folder: str) -> list[dict]:
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         with open(path) as f:
             r = json.load(f)
+        if "step_ms" not in r:  # another stage's result (decode.json)
+            continue
         r["name"] = os.path.basename(path)[:-5]
         out.append(r)
     return out

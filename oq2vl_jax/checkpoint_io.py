@@ -11,7 +11,9 @@
     tokenizer/               HF tokenizer directory, with the reference's added tokens
 
 Orbax writes each step into a temporary directory and renames it when complete, so a checkpoint interrupted
-mid-write is never listed as a step.
+mid-write is never listed as a step. CKPT may be a bucket (gs://, s3://): there Orbax publishes a step with its
+commit_success.txt object instead (storage/orbax_s3.py), and the tokenizer is read through a local copy
+(storage/local_copy.py).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any
+import tempfile
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import local_copy, orbax_s3, paths as storage
 from oq2vl_jax.models.presets import VLMConfig
 from oq2vl_jax.text import contract as contract_lib
 
@@ -37,9 +41,10 @@ VISION_EXTRA = "vision_extra"
 
 def manager(directory: str, *, max_to_keep: int | None = None, async_save: bool = True,
             item_names: tuple[str, ...] = ("params", "meta")) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                           create=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=item_names)
+    directory = storage.resolve(directory)
+    options = orbax_s3.checkpoint_manager_options(directory, max_to_keep=max_to_keep,
+                                                  enable_async_checkpointing=async_save, create=True)
+    return ocp.CheckpointManager(directory, options=options, item_names=item_names)
 
 
 def make_meta(config: VLMConfig, **extra: Any) -> dict:
@@ -81,10 +86,22 @@ def prompt_contract(meta: dict) -> tuple[contract_lib.PromptContract, str | None
                     "re-save it to record it, or pass --chat-format / --label-mode if it was taught otherwise")
 
 
+def write_tokenizer_dir(dst: str, write: Callable[[str], Any]) -> None:
+    """`write(directory)` fills a tokenizer directory: `dst` itself locally; in a bucket a local temporary directory
+    whose files are then uploaded, each whole."""
+    if not storage.is_remote(dst):
+        write(dst)
+        return
+    with tempfile.TemporaryDirectory(prefix="oq2vl_tokenizer_") as tmp:
+        write(tmp)
+        local_copy.upload_dir(tmp, dst)
+
+
 def copy_tokenizer(src_dir: str, ckpt_dir: str) -> str:
-    dst = os.path.join(ckpt_dir, TOKENIZER_DIR)
-    if os.path.abspath(src_dir) != os.path.abspath(dst):
-        shutil.copytree(src_dir, dst, dirs_exist_ok=True)
+    dst = storage.join(storage.resolve(ckpt_dir), TOKENIZER_DIR)
+    if storage.resolve(src_dir) != dst:
+        src = local_copy.local_dir(src_dir)
+        write_tokenizer_dir(dst, lambda out: shutil.copytree(src, out, dirs_exist_ok=True))
     return dst
 
 
@@ -106,18 +123,18 @@ def save_params(ckpt_dir: str, params: dict, config: VLMConfig, *, step: int = 0
     extra_items = {k: v for k, v in (extra_items or {}).items() if v}
     trees = {"params": params, **extra_items}
     handlers = {name: _host_tree_handler() for name in trees} | {"meta": ocp.JsonCheckpointHandler()}
-    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True)
-    with ocp.CheckpointManager(os.path.abspath(ckpt_dir), options=options, item_handlers=handlers) as mngr:
+    options = orbax_s3.checkpoint_manager_options(ckpt_dir, enable_async_checkpointing=False, create=True)
+    with ocp.CheckpointManager(storage.resolve(ckpt_dir), options=options, item_handlers=handlers) as mngr:
         mngr.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(make_meta(config, **meta)),
                                                 **{name: ocp.args.PyTreeSave(tree) for name, tree in trees.items()}))
         mngr.wait_until_finished()
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, ckpt_dir)
-    return os.path.join(os.path.abspath(ckpt_dir), str(step))
+    return storage.join(storage.resolve(ckpt_dir), str(step))
 
 
 def resolve_step(ckpt_dir: str, step: int | None = None) -> int:
-    if not os.path.isdir(ckpt_dir):
+    if not storage.isdir(storage.resolve(ckpt_dir)):
         raise UserError(f"checkpoint directory '{ckpt_dir}' does not exist")
     with manager(ckpt_dir, async_save=False) as mngr:
         steps = mngr.all_steps()
@@ -173,7 +190,8 @@ def _restore_host(ckpt_dir: str, step: int, name: str) -> Any:
     # warn (absl WARNING "Item ... could not be restored") for each one it was not given a handler for.
     from etils import epath
 
-    directory = epath.Path(os.path.abspath(ckpt_dir)) / str(step) / name
+    directory = epath.Path(storage.resolve(ckpt_dir)) / str(step) / name
+    orbax_s3.prepare(directory)
     handler = ocp.PyTreeCheckpointHandler()
     try:
         metadata = handler.metadata(directory)
@@ -201,11 +219,14 @@ def load_params(ckpt_dir: str, step: int | None = None, abstract_params: Any = N
 def load_item(ckpt_dir: str, name: str, step: int | None = None) -> dict | None:
     """An optional array item (e.g. VISION_EXTRA) of a step as host numpy arrays, or None when that step has none."""
     step = resolve_step(ckpt_dir, step)
-    if not os.path.isdir(os.path.join(os.path.abspath(ckpt_dir), str(step), name)):
+    if not storage.isdir(storage.join(storage.resolve(ckpt_dir), str(step), name)):
         return None
     return _reading(ckpt_dir, step, lambda: _restore_host(ckpt_dir, step, name))
 
 
 def tokenizer_path(ckpt_dir: str) -> str | None:
-    path = os.path.join(ckpt_dir, TOKENIZER_DIR)
+    """The checkpoint's tokenizer directory (a local copy of it for a bucket checkpoint), or None."""
+    path = storage.join(ckpt_dir, TOKENIZER_DIR)
+    if storage.is_remote(path):
+        return local_copy.local_dir(path) if storage.isdir(path) else None
     return path if os.path.isdir(path) else None

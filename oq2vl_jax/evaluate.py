@@ -69,8 +69,27 @@ def _check_run_file(out_dir: str, run: dict) -> None:
 
 
 def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:
-    """Runs the tasks; `model` is an EvalModel (loaded from --ckpt when None). Returns the summary."""
+    """Runs the tasks; `model` is an EvalModel (loaded from --ckpt when None). Returns the summary.
+
+    --data, --out and --ckpt may be gs:// or s3:// prefixes: the benchmark folders are read from a local copy (made
+    once per object version, storage/local_copy.py); the outputs are written to a local staging directory holding
+    what OUT already has (so a rerun resumes) and copied into the bucket, each file whole, when the run ends (also
+    when it stops on an error or Ctrl-C). A bucket OUT is for one process: several processes share their prediction
+    parts through OUT while they run, which needs a directory they all see."""
+    from oq2vl_jax.storage import local_copy
+    from oq2vl_jax.storage.mirror import staged_dir
+
+    args = argparse.Namespace(**{**vars(args), "data": local_copy.local_dir(args.data)})
+    if args.dry_run:
+        return _evaluate(args, model, process_index=process_index, process_count=process_count, barrier=barrier)
+    with staged_dir(args.out) as out:
+        return _evaluate(argparse.Namespace(**{**vars(args), "out": out}), model, process_index=process_index,
+                         process_count=process_count, barrier=barrier)
+
+
+def _evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1, barrier=None) -> dict:
     from oq2vl_jax.evals import registry, suite
+    from oq2vl_jax.storage import paths as storage
 
     tasks = registry.get_tasks(args.task)
     if args.limit < 0:
@@ -85,7 +104,7 @@ def evaluate(args, model=None, *, process_index: int = 0, process_count: int = 1
                 for name, req in task.requests(items[0], args.prompt).items():
                     print(f"  [{name}] {req.kind}, {len(req.images)} image(s): {display(req)!r}")
         return {}
-    run = {"ckpt": os.path.abspath(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
+    run = {"ckpt": storage.resolve(args.ckpt) if args.ckpt else "", "prompt": args.prompt, "seed": args.seed,
            "limit": args.limit}
     if process_index == 0:
         _check_run_file(args.out, run)

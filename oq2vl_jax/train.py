@@ -104,8 +104,8 @@ def _score_demo(config, result, paths: dict, workdir: str) -> None:
             image_size=config.data.image_size)
     for line in demo_attributes.score_lines(scores):
         print(line)
-    with open(os.path.join(workdir, "attribute_scores.json"), "w") as f:
-        json.dump(scores, f, indent=2)
+    from oq2vl_jax.storage import paths as storage
+    storage.write_text(storage.join(workdir, "attribute_scores.json"), json.dumps(scores, indent=2))
 
 
 def train(config, workdir: str, stop) -> None:
@@ -148,7 +148,8 @@ def train(config, workdir: str, stop) -> None:
 def main(argv, flag_values: dict, stop=None) -> None:
     del argv
     logging.get_absl_handler().addFilter(QuietLibraries())
-    config, workdir = flag_values["config"].value, os.path.abspath(flag_values["workdir"].value)
+    from oq2vl_jax.storage import paths as storage
+    config, workdir = flag_values["config"].value, storage.resolve(flag_values["workdir"].value)
     try:
         if flag_values["dry_run"].value:
             from oq2vl_jax.training.dry_run import dry_run

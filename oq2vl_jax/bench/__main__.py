@@ -15,6 +15,7 @@ training metrics (training/flops.py), then one JSON line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -39,7 +40,10 @@ def define_flags() -> dict:
         "decode_size": flags.DEFINE_enum("decode_size", "small", ["small", "full"], "decode: model size"),
         "batches": flags.DEFINE_list("batches", ["1", "8", "64"], "decode: batch sizes"),
         "new_tokens": flags.DEFINE_integer("new_tokens", 32, "decode: new tokens per row"),
-        "repeats": flags.DEFINE_integer("repeats", 3, "decode: timed runs per measurement (median)"),
+        "cpu_threads": flags.DEFINE_integer("cpu_threads", 1, "decode on CPU: cores (and torch threads) for both "
+                                            "sides; 0 = each library's default"),
+        "repeats": flags.DEFINE_integer("repeats", 5, "decode: timed rounds per batch, the two sides alternating "
+                                        "(reported as min / median / max)"),
     }
 
 
@@ -49,18 +53,27 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _write_json(path: str, result: dict) -> None:
+    """Atomically (the GPU job may stop this process between two batch sizes and keep what was written)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as out:
+        json.dump(result, out)
+    os.replace(tmp, path)
+
+
 def main_decode(f: dict):
     try:
         batches = tuple(int(b) for b in f["batches"].value)
     except ValueError:
         sys.exit(report_user_error(UserError(f"--batches must be integers, got {f['batches'].value}")))
-    result = bench_decode.run_decode_bench(f["decode_size"].value, batches, f["new_tokens"].value,
-                                           f["repeats"].value)
+    on_row = (lambda result: _write_json(f["json"].value, result)) if f["json"].value else None
+    try:
+        result = bench_decode.run_decode_bench(f["decode_size"].value, batches, f["new_tokens"].value,
+                                               f["repeats"].value, on_row=on_row, threads=f["cpu_threads"].value)
+    except UserError as e:
+        sys.exit(report_user_error(e))
     print(bench_decode.format_table(result))
     print(json.dumps(result))
-    if f["json"].value:
-        with open(f["json"].value, "w") as out:
-            json.dump(result, out)
 
 
 def main(argv, f: dict):
@@ -80,8 +93,7 @@ def main(argv, f: dict):
         print(f"{key:>22}: {_fmt(result[key])}")
     print(json.dumps(result))
     if f["json"].value:
-        with open(f["json"].value, "w") as out:
-            json.dump(result, out)
+        _write_json(f["json"].value, result)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,6 @@ def report_sft_demo(result, config, paths: dict, workdir: str) -> dict:
         values = scores.get(condition, {})
         print(f"held-out answers, {condition.replace('_', ' ')}: "
               + ", ".join(f"{k} {100 * v:.1f}%" for k, v in values.items()))
-    with open(os.path.join(workdir, "answer_scores.json"), "w") as f:
-        json.dump(scores, f, indent=2)
+    from oq2vl_jax.storage import paths as storage
+    storage.write_text(storage.join(workdir, "answer_scores.json"), json.dumps(scores, indent=2))
     return scores

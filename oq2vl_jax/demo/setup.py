@@ -11,6 +11,12 @@ The directory is the project's only when it carries the marker `paths.json` writ
 directory without it, or a file at that path, is refused with one line naming it (UserError): nothing the project did
 not create is ever deleted or overwritten. The set is written into a fresh temporary directory beside it and moved in
 place with one rename, so a crash leaves no half-written demo directory.
+
+A bucket (gs://, s3://) data_dir, e.g. the default under a bucket workdir, has no rename: the object PARTIAL_FILE is
+written first, then the set (written locally, uploaded object by object), then the marker, and PARTIAL_FILE is
+removed; a prefix left with PARTIAL_FILE and no marker is an upload cut short, ours to clear and write again. Training
+then reads the shards from the bucket; the returned paths (for the attribute score) are local copies of the eval set
+and the tokenizer (`local_paths`).
 """
 
 from __future__ import annotations
@@ -23,26 +29,42 @@ import tempfile
 from absl import logging
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import local_copy, paths as storage
 
 DEMO_PATHS_FILE = "paths.json"  # the marker: written last, names the demo set's parts relative to the directory
 DEMO_KEYS = ("train", "eval", "eval_meta", "tokenizer_dir")
+PARTIAL_FILE = ".oq2vl_partial"  # in a bucket: an upload of ours is under way (or was cut short) under this prefix
 
 
 def read_marker(data_dir: str, keys: tuple[str, ...] = DEMO_KEYS) -> dict | None:
     """The paths (absolute) of a complete set written by `write_marked_dir` into data_dir, else None. The one reader
     of the demo's markers (the pre-training demo's and the SFT demo's, whose `keys` differ)."""
     try:
-        with open(os.path.join(data_dir, DEMO_PATHS_FILE)) as f:
-            rel = json.load(f)
+        rel = json.loads(storage.read_bytes(storage.join(data_dir, DEMO_PATHS_FILE)))
     except (OSError, ValueError):
         return None
     if not isinstance(rel, dict) or any(not isinstance(rel.get(k), str) for k in keys):
         return None
-    return {k: os.path.join(data_dir, v) for k, v in rel.items()}
+    return {k: storage.join(data_dir, v) for k, v in rel.items()}
+
+
+def local_paths(paths: dict) -> dict:
+    """The demo paths on local disk: as they are, or local copies of a bucket set's (storage/local_copy.py)."""
+    return {k: (local_copy.local_file(v) if storage.isfile(v) else local_copy.local_dir(v))
+            if storage.is_remote(v) else v for k, v in paths.items()}
 
 
 def check_demo_dir(data_dir: str, field: str = "demo.data_dir", keys: tuple[str, ...] = DEMO_KEYS) -> None:
     """Refuses (UserError) a path holding anything this project did not write there."""
+    if storage.is_remote(data_dir):
+        if storage.isfile(data_dir):
+            raise UserError(f"{field}: {data_dir} is an object, not a prefix; refusing to replace it (set "
+                            f"--config.{field} to a new or empty prefix)")
+        entries = storage.listdir(data_dir)
+        if entries and PARTIAL_FILE not in entries and read_marker(data_dir, keys) is None:
+            raise UserError(f"{field}: {data_dir} is not empty and holds no demo data (no {DEMO_PATHS_FILE}); "
+                            f"refusing to write there (set --config.{field} to a new or empty prefix)")
+        return
     if os.path.lexists(data_dir) and not os.path.isdir(data_dir):
         raise UserError(f"{field}: {data_dir} exists and is not a directory; refusing to replace it (set "
                         f"--config.{field} to a new or empty directory)")
@@ -55,6 +77,8 @@ def write_marked_dir(data_dir: str, write, *, field: str, keys: tuple[str, ...])
     """Writes a demo set into data_dir (new or empty) atomically: `write(tmp_dir)` returns the set's paths, the marker
     naming them is written last, then the directory is moved into place. Returns the paths."""
     check_demo_dir(data_dir, field, keys)
+    if storage.is_remote(data_dir):
+        return _write_marked_prefix(data_dir, write, keys=keys)
     parent = os.path.dirname(data_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.", suffix=".tmp", dir=parent)
@@ -68,6 +92,22 @@ def write_marked_dir(data_dir: str, write, *, field: str, keys: tuple[str, ...])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory only
         raise
+    return read_marker(data_dir, keys)
+
+
+def _write_marked_prefix(data_dir: str, write, *, keys: tuple[str, ...]) -> dict:
+    """write_marked_dir for a bucket prefix (module docstring): PARTIAL_FILE, the set, the marker, no PARTIAL_FILE."""
+    for name in storage.listdir(data_dir):  # an upload of ours cut short (check_demo_dir): cleared first
+        if name != PARTIAL_FILE:
+            storage.remove_tree(storage.join(data_dir, name))
+    partial = storage.join(data_dir, PARTIAL_FILE)
+    storage.write_bytes(partial, b"")
+    with tempfile.TemporaryDirectory(prefix="oq2vl_demo_") as tmp:
+        paths = write(tmp)
+        local_copy.upload_dir(tmp, data_dir)
+        rel = {k: os.path.relpath(v, tmp).replace(os.sep, "/") for k, v in paths.items()}
+    storage.write_text(storage.join(data_dir, DEMO_PATHS_FILE), json.dumps(rel))
+    storage.remove(partial)
     return read_marker(data_dir, keys)
 
 
@@ -94,7 +134,7 @@ def prepare_demo_data(config, workdir: str) -> dict | None:
         return None
     import jax  # lazy: the data package does not need jax otherwise
 
-    data_dir = os.path.abspath(os.path.expanduser(d.data_dir or os.path.join(workdir, "demo_data")))
+    data_dir = storage.resolve(d.data_dir or storage.join(workdir, "demo_data"))
     check_demo_dir(data_dir)  # on every process, before anything is written
     if jax.process_index() == 0 and read_marker(data_dir) is None:
         write_demo_dir(data_dir, num_train=int(d.num_train), num_eval=int(d.num_eval),
@@ -117,4 +157,4 @@ def prepare_demo_data(config, workdir: str) -> dict | None:
     logging.info("demo: no data.sources given; %s set to the synthetic demo data in %s (set "
                  "--config.data.sources=... to train on your own, or --config.demo.enabled=False)",
                  ", ".join(used), data_dir)
-    return paths
+    return local_paths(paths)

@@ -49,11 +49,14 @@ class Generation:
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory, or a workdir holding `checkpoints/`."""
-    if not os.path.isdir(path):
+    """A checkpoint directory, or a workdir holding `checkpoints/` (either may be a gs:// or s3:// prefix)."""
+    from oq2vl_jax.storage import paths as storage
+
+    path = storage.resolve(path)
+    if not storage.isdir(path):
         raise UserError(f"--ckpt: '{path}' is not a directory")
-    nested = os.path.join(path, "checkpoints")
-    if not any(name.isdigit() for name in os.listdir(path)) and os.path.isdir(nested):
+    nested = storage.join(path, "checkpoints")
+    if not any(name.isdigit() for name in storage.listdir(path)) and storage.isdir(nested):
         return nested
     return path
 
@@ -172,15 +175,17 @@ class VLMInference:
         return SamplingParams(int(max_new_tokens), float(temperature), int(top_k), float(top_p), int(seed))
 
     def generate_prompts(self, built: Sequence[prompt_lib.Prompt], sampling: SamplingParams, *,
-                         stop: Sequence[str] = ()) -> list[Generation]:
-        """One batch of already built prompts (the CLI and the benchmark use this to time batches)."""
+                         stop: Sequence[str] = (), timings: dict | None = None) -> list[Generation]:
+        """One batch of already built prompts (the CLI and the benchmark use this to time batches; `timings`: see
+        `Sampler.generate`)."""
         rows = self._rows(len(built))
         batch = pack_prompts(built, rows=rows, pad_id=self.encoder.pad_id, image_size=self.config.vision.image_size)
         active = np.arange(rows) < len(built)
         stop_sequences = stop_sequence_array([self.encoder.encode(s) for s in stop])
         tokens, count, reason = self._run(
             lambda: self.sampler.generate(self.params, batch, sampling, stop_ids=self.stop_ids,
-                                          stop_sequences=stop_sequences, active=active, put=self._put))
+                                          stop_sequences=stop_sequences, active=active, put=self._put,
+                                          timings=timings))
         out = []
         for r in range(len(built)):
             ids = tuple(int(t) for t in tokens[r, :count[r]])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Sequence
 
 import jax
@@ -178,15 +179,26 @@ class Sampler:
         return tokens[:, width:], count, reason
 
     def generate(self, params, batch: dict, sampling: SamplingParams, *, stop_ids: Sequence[int],
-                 stop_sequences: np.ndarray, active: np.ndarray, put=lambda x: x) -> tuple[np.ndarray, ...]:
+                 stop_sequences: np.ndarray, active: np.ndarray, put=lambda x: x,
+                 timings: dict | None = None) -> tuple[np.ndarray, ...]:
         """(tokens [B, N] with NO_TOKEN after a row's end, generated token count per row (stop token excluded),
-        finish reason per row). `put` places host arrays on the mesh."""
+        finish reason per row). `put` places host arrays on the mesh. `timings` (the decode benchmark): when a dict,
+        the host waits for the prefill before starting the decode loop and records `prefill_s` (host-to-device copy
+        + prefill) and `decode_s` (the whole on-device loop, one decoder step per generated token)."""
         n = bucket(sampling.max_new_tokens, MIN_NEW_BUCKET)
+        start = time.perf_counter()
         model_batch = put({**batch, "done": ~active})
         logits, cache = self._prefill(params, model_batch, cache_length=batch["input_ids"].shape[1] + n)
+        if timings is not None:
+            jax.block_until_ready((logits, cache))
+            prefilled = time.perf_counter()
+            timings["prefill_s"] = prefilled - start
         tokens, count, reason = self._decode(
             params, cache, logits, model_batch["lengths"], model_batch["done"], jax.random.key(sampling.seed),
             jnp.float32(max(sampling.temperature, 1e-6)), jnp.float32(sampling.top_p),
             jnp.int32(sampling.max_new_tokens), jnp.asarray(np.asarray(stop_ids, np.int32)),
             jnp.asarray(stop_sequences), greedy=sampling.greedy, top_k=int(sampling.top_k), buffer_length=n)
+        if timings is not None:
+            jax.block_until_ready((tokens, count, reason))
+            timings["decode_s"] = time.perf_counter() - prefilled
         return np.asarray(tokens), np.asarray(count), np.asarray(reason)

@@ -158,6 +158,11 @@ def check_projector(tree: dict, cfg: VLMConfig, where: str) -> dict:
 
 def import_sources(llm_dir: str, vision_src: str, *, tokens_per_image: int, projector_seed: int = PROJECTOR_SEED,
                    vision_overrides: dict | None = None, dtype=np.float32) -> Imported:
+    from oq2vl_jax.storage import local_copy, paths as storage  # weights in a bucket: read from a local copy
+
+    llm_dir = local_copy.local_dir(llm_dir)
+    if storage.is_remote(vision_src):
+        vision_src = (local_copy.local_dir if storage.isdir(vision_src) else local_copy.local_file)(vision_src)
     llm_cfg, llm, llm_hf_config = load_llm(llm_dir, dtype)
     vision_cfg, vision, extra, kind = load_vision(vision_src, overrides=vision_overrides, dtype=dtype)
     config = VLMConfig(vision=vision_cfg, llm=llm_cfg, tokens_per_image=tokens_per_image)

@@ -30,7 +30,12 @@ SINGLE_TOKEN_WORDS = ("True", "False", "Yes", "No", *string.ascii_uppercase)
 
 
 def open_tokenizer(tokenizer_dir: str, *, what: str = "tokenizer directory", model_max_length: int | None = None):
-    """A local HF fast tokenizer, loaded offline and unchanged. `what` names the setting in error messages."""
+    """A HF fast tokenizer, loaded offline and unchanged (from a local copy when it is in a bucket). `what` names the
+    setting in error messages."""
+    from oq2vl_jax.storage import local_copy, paths as storage
+
+    if tokenizer_dir and storage.is_remote(tokenizer_dir) and storage.isdir(tokenizer_dir):
+        tokenizer_dir = local_copy.local_dir(tokenizer_dir)
     if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
         raise UserError(f"{what}: {tokenizer_dir!r} is not a directory; point it at a local HF tokenizer directory "
                         "(tokenizer.json + tokenizer_config.json): the LLM's, or one built from your captions with "

@@ -24,13 +24,15 @@ A step that does not restore (a file truncated or missing, JSON that does not pa
 short, a hand edit) is moved to WORKDIR/checkpoints/corrupt/<step> with a warning naming it and the error, and the run
 resumes from the newest step that does restore (`restore_newest_intact`). When none does, the run stops with one
 line and moves nothing.
+
+WORKDIR may be a bucket (gs://, s3://): Orbax writes there itself (storage/orbax_s3.py); a step is published by its
+commit_success.txt object instead of a rename, and a step moved aside is copied object by object, then removed.
 """
 
 from __future__ import annotations
 
 import json
 import logging as std_logging
-import os
 import sys
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -41,6 +43,7 @@ from absl import logging
 
 from oq2vl_jax import checkpoint_io
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import orbax_s3, paths as storage
 from oq2vl_jax.text import tokens
 from oq2vl_jax.training.state import TrainState, merge_params, split_params
 
@@ -62,7 +65,7 @@ def data_filename(process_index: int, process_count: int) -> str:
 
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int | None = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.resolve(directory)
         every_process = ocp.options.MultiprocessingOptions(primary_host=None)
         registry = _array_registry()
         handlers = {
@@ -74,8 +77,9 @@ class Checkpointer:
             "data": ocp.JsonCheckpointHandler(filename=data_filename(jax.process_index(), jax.process_count()),
                                               multiprocessing_options=every_process),
         }
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-                                               cleanup_tmp_directories=True)
+        options = orbax_s3.checkpoint_manager_options(
+            self.directory, max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+            cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, item_handlers=handlers,
                                              options=options)
 
@@ -163,12 +167,12 @@ class Checkpointer:
 
     def _move_aside(self, step: int, reason: str) -> None:
         if jax.process_index() == 0:
-            aside = os.path.join(self.directory, CORRUPT_SUBDIR)
-            os.makedirs(aside, exist_ok=True)
-            dst, n = os.path.join(aside, str(step)), 1
-            while os.path.exists(dst):
-                dst, n = os.path.join(aside, f"{step}.{n}"), n + 1
-            os.replace(os.path.join(self.directory, str(step)), dst)
+            aside = storage.join(self.directory, CORRUPT_SUBDIR)
+            storage.makedirs(aside)
+            dst, n = storage.join(aside, str(step)), 1
+            while storage.exists(dst):
+                dst, n = storage.join(aside, f"{step}.{n}"), n + 1
+            storage.move_tree(storage.join(self.directory, str(step)), dst)
             logging.warning("checkpoint step %d is damaged (%s): moved to %s; resuming from an earlier step", step,
                             reason, dst)
         if jax.process_count() > 1:
@@ -177,9 +181,10 @@ class Checkpointer:
 
     def write_tokenizer(self, tokenizer_dir: str, vocab_size: int) -> None:
         """Stores the tokenizer (with the reference's added tokens, tokenizer files only) beside the steps."""
-        dst = os.path.join(self.directory, checkpoint_io.TOKENIZER_DIR)
-        if jax.process_index() == 0 and tokenizer_dir and os.path.abspath(tokenizer_dir) != dst:
-            tokens.prepare(tokenizer_dir, dst, vocab_size=vocab_size)
+        dst = storage.join(self.directory, checkpoint_io.TOKENIZER_DIR)
+        if jax.process_index() == 0 and tokenizer_dir and storage.resolve(tokenizer_dir) != dst:
+            checkpoint_io.write_tokenizer_dir(dst, lambda out: tokens.prepare(tokenizer_dir, out,
+                                                                               vocab_size=vocab_size))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -12,21 +12,26 @@ from __future__ import annotations
 import os
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import paths as storage
 from oq2vl_jax.evals.specs import ATTRIBUTES, EvalSpec, parse_specs
 
 
 def run_benchmark(spec: EvalSpec, model, data_dir: str, out_dir: str) -> dict[str, float]:
-    """One benchmark evaluator call on an EvalModel; returns its metrics."""
+    """One benchmark evaluator call on an EvalModel; returns its metrics. The data and the output directory may be in a
+    bucket (read from a local copy; written to a staging directory copied back whole: storage/)."""
     from oq2vl_jax.evals import registry, suite
+    from oq2vl_jax.storage import local_copy
+    from oq2vl_jax.storage.mirror import staged_dir
 
     task = registry.TASKS[spec.name]()
-    loaded = suite.load([task], spec.data or data_dir, spec.limit)
-    summary = suite.run(loaded, model, out_dir, run_info={"prompt": spec.prompt, "seed": spec.seed,
-                                                          "limit": spec.limit},
-                        style=spec.prompt, batch=spec.batch, seed=spec.seed,
-                        process_index=getattr(model, "process_index", 0),
-                        process_count=getattr(model, "process_count", 1), barrier=getattr(model, "barrier", None),
-                        log_every_s=60.0)["tasks"][task.name]
+    loaded = suite.load([task], local_copy.local_dir(spec.data or data_dir), spec.limit)
+    with staged_dir(out_dir) as out:
+        summary = suite.run(loaded, model, out, run_info={"prompt": spec.prompt, "seed": spec.seed,
+                                                           "limit": spec.limit},
+                            style=spec.prompt, batch=spec.batch, seed=spec.seed,
+                            process_index=getattr(model, "process_index", 0),
+                            process_count=getattr(model, "process_count", 1), barrier=getattr(model, "barrier", None),
+                            log_every_s=60.0)["tasks"][task.name]
     return {f"eval/{task.name}/strict": summary["strict"]["score"],
             f"eval/{task.name}/reference": summary["reference"]["score"]}
 
@@ -66,10 +71,10 @@ class TrainingEvaluators:
         if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
             raise UserError("config.evals needs the run's tokenizer (data.tokenizer_dir or the checkpoint's)")
         if "demo_sft" in config:  # configs/demo_sft.py: the demo task reads the SFT demo's held-out eval.json
-            default_dir = config.demo_sft.get("data_dir") or os.path.join(workdir, "sft_data")
+            default_dir = config.demo_sft.get("data_dir") or storage.join(workdir, "sft_data")
         else:
-            default_dir = demo.get("data_dir") or os.path.join(workdir, "demo_data")
-        demo_dir = os.path.abspath(os.path.expanduser(default_dir))
+            default_dir = demo.get("data_dir") or storage.join(workdir, "demo_data")
+        demo_dir = storage.resolve(default_dir)
         for s in specs:
             if s.name == ATTRIBUTES and "demo" not in config:
                 raise UserError("config.evals: demo_attributes needs the demo config (configs/demo.py)")
@@ -100,6 +105,7 @@ class TrainingEvaluators:
                 paths = demo_setup.read_marker(self.demo_data_dir)
                 if paths is None or apply is None:
                     raise UserError(f"config.evals: demo_attributes needs the demo data in {self.demo_data_dir}")
+                paths = demo_setup.local_paths(paths)
                 scores = demo_attributes.attribute_scores(
                     apply, host, paths, self.tokenizer_dir, tokens_per_image=self.model_config.tokens_per_image,
                     row_length=self.demo_row_length, image_size=self.image_size)
@@ -113,7 +119,7 @@ class TrainingEvaluators:
 
                 model = InferenceModel(VLMInference(self.model_config, host, self.tokenizer_dir,
                                                     devices=jax.local_devices(), compute_dtype=self.compute_dtype))
-            out = os.path.join(self.workdir, "evals", f"step_{step}")
+            out = storage.join(self.workdir, "evals", f"step_{step}")
             metrics.update(run_benchmark(spec, model, self.demo_data_dir, out))
         logging.info("step %d evals: %s", step, ", ".join(f"{k} {v:.2f}" for k, v in sorted(metrics.items())))
         return metrics

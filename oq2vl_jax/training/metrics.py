@@ -6,6 +6,9 @@ first_step_time (start-up and compilation included). Records at log steps add ra
 over the window since the previous log step: tokens_per_s (real tokens, image positions included), images_per_s,
 flops_per_s, mfu (training/flops.py), fill (real / capacity tokens), step_time, and the data pipeline's running totals
 under "data/<reason>".
+
+In a bucket workdir (gs://, s3://) both are written to a local staging directory and copied to the bucket, each file
+as one whole object (storage/mirror.py), at every log step, at most every SYNC_SECONDS otherwise, and at the end.
 """
 
 from __future__ import annotations
@@ -18,30 +21,33 @@ from typing import Mapping
 
 from absl import logging
 
+from oq2vl_jax.storage import paths as storage
+from oq2vl_jax.storage.mirror import Mirror
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+SYNC_SECONDS = 30.0  # a bucket workdir's metrics are copied there at least this often (and at every log step)
 
 
 def read_metrics(workdir: str) -> list[dict]:
     """The records of WORKDIR/metrics.jsonl. A line that does not parse (a crash mid-write leaves a partial last
     line) is skipped with a warning; `truncate_metrics` drops it from the file."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = storage.join(workdir, METRICS_FILE)
+    if not storage.exists(path):
         return []
     records, bad = [], 0
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                bad += 1
+    for line in storage.read_bytes(path).decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
     if bad:
         logging.warning("%s: skipped %d line(s) that are not JSON records (a run stopped mid-write)", path, bad)
     return records
@@ -50,13 +56,11 @@ def read_metrics(workdir: str) -> list[dict]:
 def truncate_metrics(workdir: str, last_step: int) -> None:
     """Keeps the records up to `last_step` (the step the run starts from: 0 when no checkpoint exists) and drops the
     rest, and any partial line: those steps are run again, so each step appears once."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = storage.join(workdir, METRICS_FILE)
+    if not storage.exists(path):
         return
     records = [r for r in read_metrics(workdir) if r.get("step", 0) <= last_step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(path + ".tmp", path)
+    storage.write_text(path, "".join(json.dumps(r) + "\n" for r in records))  # whole, never half-written
 
 
 class Window:
@@ -110,8 +114,12 @@ def progress_line(step: int, total: int, record: Mapping[str, float]) -> str:
 class MetricsWriter:
     def __init__(self, workdir: str, *, enabled: bool, tensorboard: bool = True):
         self.enabled = enabled
-        self._jsonl = self._tb = None
+        self._jsonl = self._tb = self._mirror = None
         if enabled:
+            if storage.is_remote(workdir):  # appended to locally, copied whole into the bucket (module docstring)
+                self._mirror = Mirror(workdir, names_to_fetch=(METRICS_FILE,))
+                self._synced_at = time.monotonic()
+                workdir = self._mirror.local_dir
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
             if tensorboard:
@@ -128,6 +136,12 @@ class MetricsWriter:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
+        if self._mirror is not None and ("step_time" in record or
+                                         time.monotonic() - self._synced_at >= SYNC_SECONDS):
+            if self._tb is not None:
+                self._tb.flush()
+            self._mirror.sync()
+            self._synced_at = time.monotonic()
 
     def log(self, line: str) -> None:
         if self.enabled:
@@ -138,3 +152,5 @@ class MetricsWriter:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self._mirror is not None:
+            self._mirror.close()

@@ -14,6 +14,7 @@ from absl import logging
 
 from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import paths as storage
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.training import checks
 from oq2vl_jax.training.optimizer import make_optimizer
@@ -88,14 +89,14 @@ def validate_paths(config, check_data: bool = True) -> None:
     paths = {"pretrained": ("llm_dir", "vision_src"), "checkpoint": ("init_from",), "random": ()}[source]
     for name in paths:
         value = config.init[name]
-        if not value or not os.path.exists(value):
+        if not value or not storage.exists(storage.resolve(value)):
             raise UserError(f"init.{name}: {value!r} does not exist; set --config.init.{name}=PATH "
                             f"(init.source='{source}')")
     for i, spec in enumerate(config.data.sources if check_data else ()):
         path = spec.get("path", "")
         if path and not source_path_exists(spec):  # a webdataset path may be a glob, a brace range or a list
             raise UserError(f"data.sources[{i}].path: {path!r} does not exist")
-    if config.data.tokenizer_dir and not os.path.isdir(config.data.tokenizer_dir):
+    if config.data.tokenizer_dir and not storage.isdir(storage.resolve(config.data.tokenizer_dir)):
         raise UserError(f"data.tokenizer_dir: {config.data.tokenizer_dir!r} is not a directory; set "
                         "--config.data.tokenizer_dir=PATH")
 

@@ -4,6 +4,10 @@ The lock is WORKDIR/train.lock, created exclusively (O_EXCL) by process 0 and ho
 removed when the run ends, however it ends short of SIGKILL. A lock left by a trainer that died (kill -9, a crashed
 machine) is taken over when it names this host and a pid that no longer runs a process; a lock from another host
 cannot be checked from here, so the message says how to remove it once that trainer is known to be gone.
+
+A workdir may be a bucket (gs://, s3://): the lock is then an object created by a conditional PUT (only if no object
+of that name exists: S3 If-None-Match, GCS ifGenerationMatch=0), of which of two trainers starting at once exactly one
+wins, as O_EXCL does on a disk (oq2vl_jax/storage/paths.py).
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ import json
 import os
 import socket
 import tempfile
+import uuid
 
 from absl import logging
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import paths as storage
 
 LOCK_FILE = "train.lock"
 
 
 def check_workdir(workdir: str) -> str:
-    """The absolute workdir, created if missing; UserError when it is a file or cannot be written."""
+    """The absolute workdir (or bucket URI), created if missing; UserError when it is a file or cannot be written."""
+    if storage.is_remote(workdir):
+        return _check_bucket_workdir(storage.resolve(workdir))
     workdir = os.path.abspath(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir {workdir} is a file, not a directory; choose a directory for the run")
@@ -34,6 +42,23 @@ def check_workdir(workdir: str) -> str:
     except OSError as e:
         raise UserError(f"--workdir {workdir} cannot be written ({e.strerror or e}); choose a writable "
                         "directory") from e
+    return workdir
+
+
+def _check_bucket_workdir(workdir: str) -> str:
+    if workdir.count("/") < 3:
+        raise UserError(f"--workdir {workdir}: give a prefix inside the bucket (e.g. {workdir.rstrip('/')}/runs/demo), "
+                        "not the bucket itself")
+    probe = storage.join(workdir, f".write_test_{uuid.uuid4().hex}")
+    try:
+        if storage.isfile(workdir):
+            raise UserError(f"--workdir {workdir} is an object, not a prefix; choose a prefix for the run")
+        storage.write_bytes(probe, b"")
+        storage.remove(probe)
+    except OSError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"--workdir {workdir} cannot be written ({reason}); check the bucket name, AWS_ENDPOINT_URL / "
+                        "credentials (s3://) or application-default credentials (gs://)") from e
     return workdir
 
 
@@ -49,8 +74,7 @@ def _pid_running(pid: int) -> bool:
 
 def _read(path: str) -> dict:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(storage.read_bytes(path))
     except (OSError, ValueError):
         return {}  # half-written by a trainer killed while taking it: treated as stale below
 
@@ -62,13 +86,11 @@ def _describe(owner: dict) -> str:
 def acquire(workdir: str) -> str:
     """Takes WORKDIR/train.lock for this process; returns its path. UserError when another trainer holds it (a run
     takes it once, in loop.run: a second take in the same process is refused like any other)."""
-    path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    path = storage.join(storage.resolve(workdir), LOCK_FILE)
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        if not storage.create_exclusive(path, json.dumps(mine).encode()):
             owner = _read(path)
             same_host = owner.get("host") == mine["host"]
             if owner and not same_host:
@@ -79,20 +101,17 @@ def acquire(workdir: str) -> str:
                                 "wait for it, stop it, or choose another --workdir")
             logging.warning("taking over the stale lock %s (%s is not running)", path,
                             _describe(owner) if owner else "an unreadable lock")
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+            storage.remove(path)
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(mine, f)
         return path
     raise UserError(f"could not take the lock {path} (another trainer is starting in this workdir?); rerun")
 
 
 def release(path: str) -> None:
     """Removes the lock if this process holds it."""
-    if _read(path).get("pid") == os.getpid():
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+    owner = _read(path)
+    if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        storage.remove(path)
 
 
 @contextlib.contextmanager

@@ -62,6 +62,7 @@ INSTALL = ByTest("tests/architecture/test_install.py::test_pyproject_and_require
 CONVERT_ROUND_TRIP = ByTest("tests/convert/test_cli.py::test_cli_round_trips")
 CONVERT_EXPORT_HELP = Help(("-m", "oq2vl_jax.convert", "export"))
 TRAIN_DRY = Run(extra=("--dry_run",), expect="per-device memory")
+BUCKET_RUN = ByTest("tests/training/test_buckets_e2e.py::test_demo_in_a_bucket_through_the_documented_entry_points")
 CURATE_AS_DOCUMENTED = ByTest("tests/curate/test_reshard.py::test_cli_keys_select_reshard_as_documented")
 LLAVA_UNIFIED = ByTest("tests/convert/test_llava_unified.py::test_curate_mlm_scores_with_the_imported_filter")
 
@@ -100,6 +101,12 @@ COMMANDS = {
     "[--vision SRC]": LLAVA_UNIFIED,
     "python -m oq2vl_jax.convert export --ckpt CKPT --to prismatic|hf-llava|hf-qwen2 --out DIR [--dtype fp32|bf16] "
     "[--step N] [--with-vision] [--vision SRC] [--mount-path PATH]": CONVERT_EXPORT_HELP,
+    # docs/training.md: a workdir in a bucket (run against moto's S3 server)
+    "python -m oq2vl_jax.train --config configs/demo.py --workdir s3://my-bucket/runs/demo": BUCKET_RUN,
+    "python -m oq2vl_jax.evaluate --ckpt s3://my-bucket/runs/demo --task demo "
+    "--data s3://my-bucket/runs/demo/demo_data --out s3://my-bucket/runs/demo/eval": BUCKET_RUN,
+    "python -m oq2vl_jax.convert export --ckpt s3://my-bucket/runs/demo/checkpoints --to hf-qwen2 --out out/qwen2":
+        BUCKET_RUN,
     # docs/data.md
     "python -m oq2vl_jax.train --config configs/h100x8.py --workdir /runs/pretrain "
     "--config.data.sources='({\"kind\": \"webdataset\", \"path\": \"/data/datacomp/{00000..01023}.tar\"},)' ...":
@@ -110,6 +117,9 @@ COMMANDS = {
         Run({"/data/shards/{00000..00099}.tar": "{shards}/{00000..00002}.tar"}, expect="12 records"),
     "python -m oq2vl_jax.data.sources info webdataset '/data/shards/train-*.tar'":
         Run({"/data/shards/train-*.tar": "{shards}/0000*.tar"}, expect="12 records"),
+    "python -m oq2vl_jax.data.sources index 's3://my-bucket/datacomp/{00000..01023}.tar'":
+        ByTest("tests/data/sources/test_webdataset_buckets.py::"
+               "test_index_published_beside_the_shards_is_reused_by_other_hosts"),
     "python -m oq2vl_jax.data.sources convert-packed-json /data/packed_json /data/as_webdataset [--shard-size 10000]":
         ByTest("tests/data/sources/test_sources.py::test_convert_packed_json_to_webdataset"),
     "python -m oq2vl_jax.data.build_tokenizer /data/shards --out /models/my_tokenizer --vocab-size 32000":

@@ -27,7 +27,8 @@ FORBIDDEN = {
 }
 # rooms that may import only these rooms (besides themselves)
 ONLY = {
-    "text": {"errors"},
+    "text": {"errors", "storage"},  # a tokenizer directory may be in a bucket (read through a local copy)
+    "storage": {"errors"},  # local paths and buckets: the floor every room that reads user files stands on
     "errors": set(),
     "batch": {"errors"},
 }

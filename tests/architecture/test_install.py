@@ -12,7 +12,8 @@ from packaging.requirements import Requirement
 
 from fixtures.paths import REPO
 
-TEST_ONLY = {"torch", "pytest", "pytest-xdist"}
+# the `test` extra: s3fs (also the `s3` extra) and moto's S3 server (moto, flask, flask-cors) for the bucket tests
+TEST_ONLY = {"torch", "pytest", "pytest-xdist", "s3fs", "moto", "flask", "flask-cors"}
 
 
 def pins() -> dict[str, str]:
@@ -44,6 +45,8 @@ def test_pyproject_and_requirements_agree_and_torch_is_optional():
     assert set(extras) == TEST_ONLY
     for name, req in extras.items():
         assert req.specifier.contains(next(iter(pinned[name].specifier)).version)
+    buckets = {k: [Requirement(d).name.lower() for d in project["optional-dependencies"][k]] for k in ("s3", "gcs")}
+    assert buckets == {"s3": ["s3fs"], "gcs": ["gcsfs"]}
 
 
 BLOCKED_TORCH = """

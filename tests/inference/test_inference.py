@@ -11,7 +11,7 @@ from flax import nnx
 from fixtures.inference import images, tiny_inference, tiny_tokenizer
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.inference.prompts import Prompt
-from oq2vl_jax.inference.sampler import bucket, pack_prompts, sample_tokens
+from oq2vl_jax.inference.sampler import SamplingParams, bucket, pack_prompts, sample_tokens
 from oq2vl_jax.text.documents import DocumentLayout
 
 NEW = 8
@@ -80,6 +80,16 @@ def test_sampling_reproducible_per_seed_and_differs_across_seeds(pooled):
     greedy = run()
     assert run(temperature=1.0, top_k=1, seed=3) == greedy  # top-1 and a tiny nucleus are greedy
     assert run(temperature=1.0, top_p=1e-6, seed=4) == greedy
+
+
+def test_timed_generation_is_the_same_generation(pooled):
+    """The decode benchmark's `timings` only waits for the prefill before the loop: same tokens, both times recorded."""
+    built = pooled.prompts(requests(), "base")
+    sampling = SamplingParams(max_new_tokens=NEW)
+    timings = {}
+    timed = pooled.generate_prompts(built, sampling, timings=timings)
+    assert [g.token_ids for g in timed] == [g.token_ids for g in pooled.generate_prompts(built, sampling)]
+    assert set(timings) == {"prefill_s", "decode_s"} and min(timings.values()) > 0
 
 
 def test_top_k_and_top_p_keep_only_the_head():

@@ -14,7 +14,7 @@ import sys
 
 from oq2vl_jax.data.sources.packed_json import convert_packed_json
 from oq2vl_jax.data.sources.registry import SOURCE_KINDS, open_source
-from oq2vl_jax.data.sources.webdataset import WebDatasetSource, build_index
+from oq2vl_jax.data.sources.webdataset import WebDatasetSource, build_index, publish_index
 from oq2vl_jax.errors import UserError, report_user_error
 
 
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in args.paths:
                 index = build_index(path, args.index_dir, workers=args.workers, force=args.force)
                 source = WebDatasetSource(path, index_dir=os.path.dirname(index))
-                print(f"{path}: {len(source)} records, index {index}, problems: {source.problems or 'none'}")
+                beside = publish_index(index, source.root)  # bucket shards: every host copies it from there
+                where = f"{index} (and {beside})" if beside else index
+                print(f"{path}: {len(source)} records, index {where}, problems: {source.problems or 'none'}")
         elif args.command == "convert-packed-json":
             print(json.dumps(convert_packed_json(args.src, args.out_dir, args.shard_size)))
         else:

@@ -32,6 +32,7 @@ from typing import Any
 from oq2vl_jax.data.images import BadImage, probe_image
 from oq2vl_jax.data.sources.json_index import JsonRecords
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import local_copy, paths as storage
 from oq2vl_jax.text import chat
 from oq2vl_jax.text.documents import DocumentLayout, TextEncoder
 
@@ -46,8 +47,7 @@ def _count(counts: dict, reason: str, n: int = 1) -> None:
 
 def _read_file(path: str) -> bytes | None:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return storage.read_bytes(path)  # a local file, or an object when image_root is a bucket prefix
     except OSError:
         return None
 
@@ -67,12 +67,13 @@ class _ConversationSource:
 
     def __init__(self, path: str, *, image_root: str = "", name: str | None = None, index_dir: str | None = None,
                  kind: str):
-        self.path = os.path.abspath(os.path.expanduser(path))
-        if not os.path.isfile(self.path):
+        self.path = storage.resolve(path)
+        if not storage.isfile(self.path):
             raise UserError(f"{kind} path {self.path!r} is not a file")
-        self.image_root = os.path.abspath(os.path.expanduser(image_root or os.path.dirname(self.path)))
+        self.image_root = storage.resolve(image_root or storage.dirname(self.path))
         self.name = name or os.path.basename(self.path)
-        self.records = JsonRecords(self.path, index_dir)
+        # a bucket's JSON is indexed and read from a local copy (made once per object version); images from the bucket
+        self.records = JsonRecords(local_copy.local_file(self.path), index_dir)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,7 +96,7 @@ class _ConversationSource:
             return record
         record["key"] = str(sample.get("id", record["key"]))
         record["conversations"] = sample["conversations"]
-        record["image_paths"] = [os.path.join(self.image_root, rel) for rel in images]
+        record["image_paths"] = [storage.join(self.image_root, rel) for rel in images]
         record["images"] = [_read_file(p) for p in record["image_paths"]]
         return record
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import glob
 import json
 import os
 from typing import Any
@@ -14,6 +13,7 @@ from oq2vl_jax.data.images import BadImage, probe_image
 from oq2vl_jax.data.sources.records import count_skip, new_record, record_text
 from oq2vl_jax.data.sources.webdataset import write_tar_shard
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import paths as storage
 
 
 class PackedJsonSource:
@@ -26,11 +26,11 @@ class PackedJsonSource:
     """
 
     def __init__(self, path: str, *, name: str | None = None):
-        path = os.path.abspath(os.path.expanduser(path))
-        if os.path.isfile(path):
+        path = storage.resolve(path)
+        if storage.isfile(path):
             self.files = [path]
-        elif os.path.isdir(path):
-            self.files = sorted(glob.glob(os.path.join(path, "**", "*packed.json"), recursive=True))
+        elif storage.isdir(path):
+            self.files = sorted(storage.find(path, "packed.json"))
         else:
             raise UserError(f"packed_json path {path!r} does not exist")
         if not self.files:
@@ -45,8 +45,7 @@ class PackedJsonSource:
         path = self.files[index]
         record = new_record(self.name, index, path)
         try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read())
+            data = json.loads(storage.read_bytes(path))
             infos = data["data"]
             if not isinstance(infos, list):
                 raise ValueError("'data' is not a list")

@@ -17,7 +17,6 @@ A missing caption or image, or unparsable JSON, is a counted skip, not an error.
 from __future__ import annotations
 
 import collections
-import glob
 import json
 import os
 import threading
@@ -25,35 +24,43 @@ import threading
 import numpy as np
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import paths as storage
 
 CACHED_ROW_GROUPS = 4
 
 
 def list_parquet_files(path: str) -> list[str]:
-    path = os.path.expanduser(path)
+    path = storage.resolve(path)
     if any(ch in path for ch in "*?["):
-        files = sorted(glob.glob(path, recursive=True))
-    elif os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+        files = sorted(storage.glob(path))
+    elif storage.isdir(path):
+        files = sorted(storage.find(path, ".parquet"))
     else:
-        files = [path] if os.path.isfile(path) else []
+        files = [path] if storage.isfile(path) else []
     if not files:
         raise UserError(f"parquet path {path!r} holds no .parquet files")
-    return [os.path.abspath(f) for f in files]
+    return files
+
+
+def _open(file: str):
+    """A pyarrow ParquetFile; a bucket object is read through fsspec by ranged reads (footer, then row groups)."""
+    import pyarrow.parquet as pq
+    if storage.is_remote(file):
+        return pq.ParquetFile(storage.filesystem(file).open(file, "rb"))
+    return pq.ParquetFile(file)
 
 
 class ParquetSource:
     def __init__(self, path: str, *, image_column: str = "image", text_column: str = "text",
                  text_json_path: str = "", name: str | None = None):
-        import pyarrow.parquet as pq
         self.files = list_parquet_files(path)
         self.image_column, self.text_column = image_column, text_column
         self.json_keys = [k for k in text_json_path.split(".") if k]
-        self.name = name or os.path.basename(os.path.abspath(os.path.expanduser(path)).rstrip("/"))
+        self.name = name or os.path.basename(storage.resolve(path).rstrip("/"))
         groups = []  # (file index, row group, rows)
         for f, file in enumerate(self.files):
             try:
-                meta = pq.ParquetFile(file)
+                meta = _open(file)
             except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
                 raise UserError(f"parquet file {file} is not readable: {e}") from None
             columns = set(meta.schema_arrow.names)
@@ -95,10 +102,9 @@ class ParquetSource:
         if k in self._cache:
             self._cache.move_to_end(k)
             return self._cache[k]
-        import pyarrow.parquet as pq
         f, g = (int(x) for x in self._groups[k])
         if f not in self._handles:
-            self._handles[f] = pq.ParquetFile(self.files[f])
+            self._handles[f] = _open(self.files[f])
         table = self._handles[f].read_row_group(g, columns=[self.image_column, self.text_column])
         rows = {"image": table.column(self.image_column).to_pylist(), "text": table.column(self.text_column).to_pylist()}
         self._cache[k] = rows

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 from oq2vl_jax.data.sources import shard_paths
@@ -13,6 +12,7 @@ from oq2vl_jax.data.sources.selection import SelectedSource
 from oq2vl_jax.data.sources.tfds import TfdsSource
 from oq2vl_jax.data.sources.webdataset import WebDatasetSource
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import paths as storage
 
 SOURCE_KINDS = ("webdataset", "packed_json", "tfds", "parquet", "llava", "mammoth")
 CAPTION_KINDS = ("webdataset", "packed_json", "tfds", "parquet")
@@ -22,11 +22,11 @@ CONVERSATION_KINDS = ("llava", "mammoth")
 def source_path_exists(spec: Mapping[str, Any]) -> bool:
     """Cheap start-up check of a source entry's path (a webdataset path may be a pattern or a list)."""
     path = spec.get("path") or ""
-    if isinstance(path, str) and path.startswith(("gs://", "s3://")):
-        return True
     if spec.get("kind") == "webdataset":
         return shard_paths.source_path_exists(path)
-    return os.path.exists(os.path.expanduser(str(path)))
+    if spec.get("kind") == "parquet" and any(c in str(path) for c in "*?["):  # a glob of parquet files
+        return bool(storage.glob(storage.resolve(path)))
+    return storage.exists(storage.resolve(path))
 
 
 def open_source(spec: Mapping[str, Any], field: str = "source"):
@@ -47,7 +47,7 @@ def open_source(spec: Mapping[str, Any], field: str = "source"):
         except UserError as e:
             raise UserError(f"{field}.select: {e}") from None
     path = str(spec.get("path") or "")
-    if kind not in ("tfds", "parquet") and not os.path.exists(os.path.expanduser(path)):
+    if kind not in ("tfds", "parquet") and not storage.exists(storage.resolve(path)):
         raise UserError(f"{field}.path: {path!r} does not exist")
     try:
         if kind == "packed_json":

@@ -24,29 +24,41 @@ import os
 import numpy as np
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import local_copy, paths as storage
 
 FORMAT = "oq2vl_selection"
 VERSION = 1
 
 
 def shard_fingerprint(root: str, name: str) -> list:
+    """[name, size, mtime_ns] of a local shard; [name, size, version] of a bucket object (ETag / generation)."""
+    if storage.is_remote(root):
+        return [name, *storage.stat(storage.join(root, name))]
     st = os.stat(os.path.join(root, name))
     return [name, int(st.st_size), int(st.st_mtime_ns)]
 
 
 def write_selection(path: str, *, root: str, shards: list[list], shard: np.ndarray, image_offset: np.ndarray,
                     rule, counts: dict) -> str:
-    """Writes the selection atomically (tmp + os.replace); refuses a path that exists and is not a selection."""
+    """Writes the selection atomically (tmp + os.replace; in a bucket one whole object); refuses a path that exists
+    and is not a selection."""
     if not path.endswith(".npz"):
         raise UserError(f"selection output '{path}' must end in .npz")
-    if os.path.exists(path):
+    if storage.exists(path):
         try:
-            read_meta(path)
+            read_meta(local_copy.local_file(path))
         except UserError:
             raise UserError(f"'{path}' exists and is not a selection file; choose another output") from None
-    meta = {"format": FORMAT, "version": VERSION, "root": os.path.abspath(root), "shards": shards, "rule": rule,
+    meta = {"format": FORMAT, "version": VERSION, "root": storage.resolve(root), "shards": shards, "rule": rule,
             "counts": counts}
     order = np.lexsort((np.asarray(image_offset, np.int64), np.asarray(shard, np.int32)))
+    if storage.is_remote(path):
+        import io
+        buffer = io.BytesIO()
+        np.savez(buffer, shard=np.asarray(shard, np.int32)[order],
+                 image_offset=np.asarray(image_offset, np.int64)[order], meta=np.array(json.dumps(meta)))
+        storage.write_bytes(path, buffer.getvalue())
+        return path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
     np.savez(tmp, shard=np.asarray(shard, np.int32)[order], image_offset=np.asarray(image_offset, np.int64)[order],
@@ -80,7 +92,7 @@ def check_fresh(meta: dict, root: str, where: str) -> None:
         except OSError:
             raise UserError(f"selection {where} is stale: shard '{name}' is missing under {root}") from None
         if now[1:] != [size, mtime]:
-            raise UserError(f"selection {where} is stale: shard '{name}' changed (size/mtime {now[1:]} vs recorded "
+            raise UserError(f"selection {where} is stale: shard '{name}' changed (size/version {now[1:]} vs recorded "
                             f"{[size, mtime]}); recompute the scores and the selection")
 
 
@@ -88,10 +100,10 @@ class SelectedSource:
     """The selected rows of a `WebDatasetSource` (or any source with `root`, `_shards`, `entries`)."""
 
     def __init__(self, base, path: str):
-        self.base, self.path = base, os.path.abspath(os.path.expanduser(path))
-        if not os.path.isfile(self.path):
+        self.base, self.path = base, storage.resolve(path)
+        if not storage.isfile(self.path):
             raise UserError(f"select: selection file '{path}' does not exist")
-        meta, shard, offset = read_selection(self.path)
+        meta, shard, offset = read_selection(local_copy.local_file(self.path))  # a bucket's: a local copy
         check_fresh(meta, base.root, path)
         self.meta, self.name = meta, base.name
         self.indices = self._resolve(meta, shard, offset)

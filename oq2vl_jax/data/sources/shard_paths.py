@@ -6,6 +6,7 @@
     /data/shards/{00000..01023}.tar       a brace range (zero padding kept), as img2dataset / webdataset write them
     /data/{cc3m,cc12m}/*.tar              brace alternatives, combinable with globs
     ("/data/a/*.tar", "/data/b/{0..9}.tar")  a list (tuple on the command line) of any of the above
+    s3://bucket/cc3m/{00000..00331}.tar   any of the above in a bucket (gs:// or s3://, oq2vl_jax/storage/paths.py)
 
 `expand_shards(spec)` returns (root, sorted shard paths relative to root), root being the deepest directory holding
 them all. A brace range or a plain path that names a missing file is an error (UserError naming how many and the
@@ -14,13 +15,14 @@ first few), never a silent gap; a glob takes whatever matches and is an error on
 
 from __future__ import annotations
 
-import glob
 import itertools
 import os
+import posixpath
 import re
 from typing import Sequence
 
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import paths
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -56,21 +58,21 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def _one(path: str) -> list[str]:
-    path = os.path.abspath(os.path.expanduser(path))
+    path = paths.resolve(path)
     expanded = expand_braces(path)
     found, missing = [], []
     for item in expanded:
         if any(c in item for c in _GLOB_CHARS):
-            matches = [p for p in glob.glob(item, recursive=True) if os.path.isfile(p)]
+            matches = paths.glob(item)
             if not matches:
                 missing.append(item)
             found += matches
-        elif os.path.isdir(item):
-            tars = glob.glob(os.path.join(item, "**", "*.tar"), recursive=True)
+        elif paths.isdir(item):
+            tars = paths.find(item, ".tar")
             if not tars:
                 raise UserError(f"webdataset path {item!r} contains no .tar shards")
             found += tars
-        elif os.path.isfile(item):
+        elif paths.isfile(item):
             found.append(item)
         else:
             missing.append(item)
@@ -89,9 +91,20 @@ def expand_shards(spec: str | Sequence[str]) -> tuple[str, list[str]]:
     items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec or ())
     if not items or any(not isinstance(p, (str, os.PathLike)) or not str(p) for p in items):
         raise UserError(f"webdataset path {spec!r}: expected a path, a pattern or a list of them")
-    shards = sorted({os.path.normpath(os.path.abspath(p)) for item in items for p in _one(str(item))})
-    root = os.path.commonpath([os.path.dirname(p) for p in shards])
-    return root, [os.path.relpath(p, root) for p in shards]
+    shards = sorted({paths.resolve(p) for item in items for p in _one(str(item))})
+    remote = {p.split("://", 1)[0] for p in shards if paths.is_remote(p)}
+    if not remote:
+        root = os.path.commonpath([os.path.dirname(p) for p in shards])
+        return root, [os.path.relpath(p, root) for p in shards]
+    if len(remote) > 1 or len(remote) != len({paths.is_remote(p) for p in shards}):
+        raise UserError(f"webdataset path {spec!r} mixes local shards and buckets of different kinds; use one source "
+                        "per storage")
+    scheme = remote.pop() + "://"
+    keys = [p[len(scheme):] for p in shards]
+    root = posixpath.commonpath([posixpath.dirname(k) for k in keys])
+    if not root:
+        raise UserError(f"webdataset path {spec!r} spans several buckets; use one source per bucket")
+    return scheme + root, [posixpath.relpath(k, root) for k in keys]
 
 
 def source_path_exists(spec) -> bool:

@@ -12,11 +12,19 @@ different shards of one directory (two single tars, two globs) never share an in
 mtime, so an index is only ever read for exactly the bytes it describes: when a shard changes, is added or removed,
 the name no longer matches and the index is rebuilt (the stale files of that selection are then removed). Each
 process re-checks the fingerprint before it maps the index. The files go next to the shards when that directory is
-writable, else under ~/.cache/oq2vl_jax/wds_index/, or wherever `index_dir` says. Build ahead of time with
-`python -m oq2vl_jax.data.sources index PATH [--workers N]`; otherwise it is built lazily on first use. Which shards a
+writable, else under $OQ2VL_CACHE/wds_index/ (default ~/.cache/oq2vl_jax/wds_index/), or wherever `index_dir` says.
+Build ahead of time with `python -m oq2vl_jax.data.sources index PATH [--workers N]`; otherwise it is built lazily on
+first use. Which shards a
 source reads (directory, .tar, glob, brace range, list) is data/sources/shard_paths.py.
 
 `write_tar_shard` writes a shard in the same layout (atomically); the resharder and the demo use it.
+
+Shards in a bucket (gs://, s3://; oq2vl_jax/storage/paths.py) work the same way: the fingerprint holds every object's
+size and version (S3 ETag, GCS generation) instead of its mtime, a record is two ranged GETs (one when the image and
+caption lie close together) pinned to the indexed version, so a replaced object is counted as shard_changed and never
+read at the old offsets. The index of a bucket source lives in the local cache (or `index_dir`); `python -m
+oq2vl_jax.data.sources index s3://...` also stores it beside the shards, where every other host finds and copies it
+instead of reading every shard again.
 
 Problems found while indexing become index entries with a skip status (a missing caption or image member, a
 truncated or unreadable shard), so they are counted every time the pipeline reaches them instead of vanishing.
@@ -39,6 +47,7 @@ from oq2vl_jax.data.sources.npy_map import map_npy
 from oq2vl_jax.data.sources.shard_paths import expand_shards
 from oq2vl_jax.data.stats import SKIP_REASONS
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.storage import local_copy, paths as storage
 
 IMAGE_EXTS = ("jpg", "png", "jpeg", "webp")  # the reference's webdataset field "jpg;png;jpeg;webp", in that order
 CAPTION_EXT = "txt"
@@ -49,6 +58,8 @@ INDEX_DTYPE = np.dtype([
     ("image_offset", "<i8"), ("image_size", "<i8"), ("text_offset", "<i8"), ("text_size", "<i8"),
 ])
 _TAR_BLOCK = 512
+_REMOTE_SCAN_BLOCK = 8 << 20  # a bucket shard is scanned in 8 MiB ranged reads (tar headers are spread through it)
+_MERGE_GAP = 64 << 10  # a record's image and caption closer than this are read with one ranged GET
 
 
 def status_code(reason: str | None) -> int:
@@ -74,11 +85,18 @@ def _entry(reason: str | None, image=None, image_ext: int = -1, text=None) -> tu
     return (0, status_code(reason), image_ext, image[0], image[1], text[0], text[1])
 
 
+def _open_shard(path: str):
+    """(size, binary file object) of a local or bucket shard."""
+    if storage.is_remote(path):
+        size, _ = storage.stat(path)
+        return size, storage.filesystem(path).open(path, "rb", block_size=_REMOTE_SCAN_BLOCK, cache_type="readahead")
+    return os.path.getsize(path), open(path, "rb")
+
+
 def scan_shard(path: str) -> np.ndarray:
     """Index entries (INDEX_DTYPE, shard field 0) for one tar: one per sample key, plus skip entries for damage."""
     try:
-        size = os.path.getsize(path)
-        f = open(path, "rb")
+        size, f = _open_shard(path)
     except OSError as e:
         logging.warning("webdataset: cannot open shard %s: %s", path, e)
         return np.array([_entry("shard_unreadable")], INDEX_DTYPE)
@@ -147,13 +165,18 @@ def list_shards(path) -> tuple[str, list[str]]:
 
 
 def _fingerprint(root: str, shards: Sequence[str]) -> list[list]:
+    """[name, size, mtime_ns] per local shard; [name, size, version] per bucket object (ETag / generation)."""
     out = []
     for name in shards:
+        path = storage.join(root, name)
         try:
-            st = os.stat(os.path.join(root, name))
+            if storage.is_remote(root):
+                out.append([name, *storage.stat(path)])
+            else:
+                st = os.stat(path)
+                out.append([name, st.st_size, st.st_mtime_ns])
         except OSError as e:
-            raise UserError(f"webdataset shard {os.path.join(root, name)!r} cannot be read: {e}") from None
-        out.append([name, st.st_size, st.st_mtime_ns])
+            raise UserError(f"webdataset shard {path!r} cannot be read: {e}") from None
     return out
 
 
@@ -167,7 +190,7 @@ def index_stem(path, root: str, fingerprint: list[list]) -> str:
     The selection part hashes the path as given (directory, pattern or list, made absolute), so a directory source
     keeps its name when shards are added and its stale index is replaced, not left beside the new one."""
     items = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    selection = sorted(os.path.normpath(os.path.abspath(os.path.expanduser(str(p)))) for p in items)
+    selection = sorted(storage.resolve(p) for p in items)
     return f"{INDEX_NAME}.{_digest([root, selection])}.{_digest(fingerprint)}"
 
 
@@ -175,7 +198,41 @@ def _index_dirs(root: str, index_dir: str | None) -> list[str]:
     if index_dir:
         return [os.path.abspath(os.path.expanduser(index_dir))]
     digest = hashlib.sha1(root.encode()).hexdigest()[:16]
-    return [root, os.path.join(os.path.expanduser("~/.cache/oq2vl_jax/wds_index"), digest)]
+    cache = os.path.join(local_copy.cache_dir("wds_index"), digest)
+    return [cache] if storage.is_remote(root) else [root, cache]  # a bucket's copy: _fetch_beside / publish_index
+
+
+def _fetch_beside(root: str, stem: str, fingerprint: list[list], directory: str) -> str | None:
+    """The index stored beside bucket shards (by `publish_index`), copied into the local `directory`, if it is a
+    complete index of exactly these shards; else None."""
+    beside = storage.join(root, stem)
+    if not storage.exists(beside + ".json"):
+        return None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        for ext in (".npy", ".json"):  # npy first, as build_index writes them
+            data = storage.read_bytes(beside + ext)
+            tmp = os.path.join(directory, f".{stem}.{os.getpid()}.fetch{ext}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, os.path.join(directory, stem + ext))
+    except OSError as e:
+        logging.warning("webdataset: cannot copy the index stored beside %s (%s); indexing the shards", root, e)
+        return None
+    npy = os.path.join(directory, stem + ".npy")
+    return npy if _valid_index(npy, root, fingerprint) else None
+
+
+def publish_index(npy_path: str, root: str) -> str | None:
+    """Stores a bucket source's index beside its shards (two objects of ours, `oq2vl_index.*`), so every host reuses
+    it; returns where, or None for a local source (its index is beside the shards already when they are writable)."""
+    if not storage.is_remote(root):
+        return None
+    stem = os.path.basename(npy_path)[:-len(".npy")]
+    for ext in (".npy", ".json"):
+        with open(npy_path[:-len(".npy")] + ext, "rb") as f:
+            storage.write_bytes(storage.join(root, stem + ext), f.read())
+    return storage.join(root, stem + ".npy")
 
 
 def _read_meta(npy_path: str) -> dict | None:
@@ -221,21 +278,25 @@ def build_index(path, index_dir: str | None = None, workers: int = 1, force: boo
             npy = os.path.join(directory, stem + ".npy")
             if _valid_index(npy, root, fingerprint):
                 return npy
+        if storage.is_remote(root):
+            npy = _fetch_beside(root, stem, fingerprint, candidates[0])
+            if npy:
+                return npy
     start = time.time()
     logging.info("webdataset: indexing %d shards under %s", len(shards), root)
-    paths = [os.path.join(root, s) for s in shards]
-    if workers > 1 and len(paths) > 1:
+    shard_paths = [storage.join(root, s) for s in shards]
+    if workers > 1 and len(shard_paths) > 1:
         import multiprocessing
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            per_shard = pool.map(scan_shard, paths, chunksize=max(1, len(paths) // (workers * 8)))
+            per_shard = pool.map(scan_shard, shard_paths, chunksize=max(1, len(shard_paths) // (workers * 8)))
     else:
         per_shard = []
-        for i, p in enumerate(paths):
+        for i, p in enumerate(shard_paths):
             per_shard.append(scan_shard(p))
             if (i + 1) % 100 == 0:
                 rate = (i + 1) / (time.time() - start)
-                logging.info("webdataset: indexed %d/%d shards (%.1f shards/s, ETA %.0f s)", i + 1, len(paths), rate,
-                             (len(paths) - i - 1) / rate)
+                logging.info("webdataset: indexed %d/%d shards (%.1f shards/s, ETA %.0f s)", i + 1, len(shard_paths),
+                             rate, (len(shard_paths) - i - 1) / rate)
     if _fingerprint(root, shards) != fingerprint:
         raise UserError(f"webdataset shards under {root} changed while they were being indexed; run again")
     for shard_id, entries in enumerate(per_shard):
@@ -319,31 +380,61 @@ class WebDatasetSource:
         if reason is not None:
             record["skips"][reason] = 1
             return record
-        try:
-            fd = os.open(os.path.join(self.root, shard), os.O_RDONLY)
-        except OSError:
-            record["skips"]["shard_unreadable"] = 1
+        if storage.is_remote(self.root):
+            read = self._read_remote(storage.join(self.root, shard), int(entry["shard"]), entry)
+        else:
+            read = self._read_local(os.path.join(self.root, shard), int(entry["shard"]), entry)
+        if isinstance(read, str):
+            record["skips"][read] = 1
             return record
-        try:
-            st = os.fstat(fd)
-            if (st.st_size, st.st_mtime_ns) != self._shard_stats[int(entry["shard"])]:
-                record["skips"]["shard_changed"] = 1  # the index's offsets no longer describe this file
-                return record
-            image = os.pread(fd, int(entry["image_size"]), int(entry["image_offset"]))
-            text = os.pread(fd, int(entry["text_size"]), int(entry["text_offset"]))
-        except OSError:
-            record["skips"]["record_unreadable"] = 1
-            return record
-        finally:
-            os.close(fd)
-        if len(image) != entry["image_size"] or len(text) != entry["text_size"]:
-            record["skips"]["record_unreadable"] = 1  # the shard changed after indexing
-            return record
+        image, text = read
         caption, repaired = _decode_text(text)
         if repaired:
             record["repairs"]["repaired_text_utf8"] = 1
         record["documents"].append({"key": record["key"], "parts": [("image", image), ("text", caption)]})
         return record
+
+    def _read_local(self, path: str, shard_id: int, entry) -> tuple[bytes, bytes] | str:
+        """(image, caption bytes), or the skip reason."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return "shard_unreadable"
+        try:
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns) != self._shard_stats[shard_id]:
+                return "shard_changed"  # the index's offsets no longer describe this file
+            image = os.pread(fd, int(entry["image_size"]), int(entry["image_offset"]))
+            text = os.pread(fd, int(entry["text_size"]), int(entry["text_offset"]))
+        except OSError:
+            return "record_unreadable"
+        finally:
+            os.close(fd)
+        if len(image) != entry["image_size"] or len(text) != entry["text_size"]:
+            return "record_unreadable"  # the shard changed after indexing
+        return image, text
+
+    def _read_remote(self, path: str, shard_id: int, entry) -> tuple[bytes, bytes] | str:
+        """(image, caption bytes) by ranged GETs of exactly the indexed object version, or the skip reason."""
+        version = self._shard_stats[shard_id][1]
+        spans = [(int(entry["image_offset"]), int(entry["image_size"])),
+                 (int(entry["text_offset"]), int(entry["text_size"]))]
+        lo, hi = min(o for o, _ in spans), max(o + n for o, n in spans)
+        try:
+            if hi - lo - sum(n for _, n in spans) <= _MERGE_GAP:  # one GET for both members
+                block = storage.read_range(path, lo, hi - lo, version)
+                parts = [block[o - lo:o - lo + n] for o, n in spans]
+            else:
+                parts = [storage.read_range(path, o, n, version) for o, n in spans]
+        except storage.VersionChanged:
+            return "shard_changed"
+        except FileNotFoundError:
+            return "shard_unreadable"
+        except OSError:
+            return "record_unreadable"
+        if any(len(p) != n for p, (_, n) in zip(parts, spans)):
+            return "record_unreadable"
+        return parts[0], parts[1]
 
 
 def write_tar_shard(path: str, samples: Sequence[Mapping[str, object]]) -> str:
