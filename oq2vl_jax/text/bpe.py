@@ -6,7 +6,8 @@ its special tokens `<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (eos). `l
 What the trainer and evaluation require of a tokenizer (text/tokens.py `check_qwen2`: "True", "False", "Yes", "No"
 and the capital letters each one token, as the reference's `string2idx` asserts) is guaranteed, not left to the
 captions: a word the learned merges do not join gets the few merges that join it, appended last (the lowest
-priority, so every other word tokenizes as learned), and room for them is kept inside `vocab_size`.
+priority, so every other word tokenizes as learned); when the learned vocabulary is full, it is learned again with
+room for them, so the size stays within `vocab_size`.
 """
 
 from __future__ import annotations
@@ -25,16 +26,23 @@ def train_bpe_tokenizer(out_dir: str, texts: Iterable[str], vocab_size: int) -> 
     """Trains the BPE on `texts` and saves an HF tokenizer directory into out_dir (created); returns out_dir."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    reserve = sum(len(w) - 1 for w in SINGLE_TOKEN_WORDS)  # at most this many merges are added afterwards
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - reserve, special_tokens=list(REQUIRED_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+    def train(size: int):
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=list(REQUIRED_TOKENS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return tok
+
+    texts = list(texts)  # (read twice when room must be made)
+    tok = train(vocab_size)
+    extra = len(_missing_merges(tok))
+    if extra and tok.get_vocab_size() + extra > vocab_size:  # room for the added merges inside vocab_size
+        tok = train(vocab_size - extra)
     tok = _join_single_token_words(tok)
     os.makedirs(out_dir, exist_ok=True)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
@@ -45,21 +53,29 @@ def train_bpe_tokenizer(out_dir: str, texts: Iterable[str], vocab_size: int) -> 
     return out_dir
 
 
+def _missing_merges(tok) -> list[tuple[str, str]]:
+    """The merges (left to right: ((p1 p2) p3) ...) that make each of SINGLE_TOKEN_WORDS one token of `tok`."""
+    merges = []
+    for word in SINGLE_TOKEN_WORDS:
+        pieces = tok.encode(word, add_special_tokens=False).tokens
+        joined = pieces[0]
+        for piece in pieces[1:]:
+            merges.append((joined, piece))
+            joined += piece
+    return merges
+
+
 def _join_single_token_words(tok):
     """`tok` with merges appended so each of SINGLE_TOKEN_WORDS is one token (see the module doc)."""
     from tokenizers import Tokenizer
 
-    split = [(w, tok.encode(w, add_special_tokens=False).tokens) for w in SINGLE_TOKEN_WORDS]
-    split = [(w, pieces) for w, pieces in split if len(pieces) > 1]
-    if not split:
+    missing = _missing_merges(tok)
+    if not missing:
         return tok
     state = json.loads(tok.to_str())
     vocab, merges = state["model"]["vocab"], state["model"]["merges"]
     as_strings = bool(merges) and isinstance(merges[0], str)  # older `tokenizers` write "a b"
-    for _, pieces in split:  # left to right: ((p1 p2) p3) ..., each merge after every learned one
-        joined = pieces[0]
-        for piece in pieces[1:]:
-            merges.append(f"{joined} {piece}" if as_strings else [joined, piece])
-            joined += piece
-            vocab.setdefault(joined, len(vocab))
+    for left, right in missing:  # each after every learned merge
+        merges.append(f"{left} {right}" if as_strings else [left, right])
+        vocab.setdefault(left + right, len(vocab))
     return Tokenizer.from_str(json.dumps(state))
