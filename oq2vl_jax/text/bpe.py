@@ -6,7 +6,9 @@ its special tokens `<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (eos). `l
 What the trainer and evaluation require of a tokenizer (text/tokens.py `check_qwen2`: "True", "False", "Yes", "No"
 and the capital letters each one token, as the reference's `string2idx` asserts) is guaranteed, not left to the
 captions: a word the learned merges do not join gets the few merges that join it, appended last (the lowest
-priority, so every other word tokenizes as learned), and room for them is kept inside `vocab_size`.
+priority, so every other word tokenizes as learned); room for them inside `vocab_size` is made only when the learned
+vocabulary would overflow (it is learned again with a smaller budget), so captions that already join every required
+word give exactly the tokenizer they always gave.
 """
 
 from __future__ import annotations
