@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.update(lr=2e-3, weight_decay=0.01)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.checkpoint.update(every_steps=100, keep=2)
-    # the held-out attribute score every train.eval_every steps, into metrics.jsonl / TensorBoard (training/evaluators.py)
+    # the held-out attribute score every train.eval_every steps, into metrics.jsonl / TensorBoard
+    # (training/evaluators.py)
     c.evals = ("demo_attributes",)
     c.demo = ml_collections.ConfigDict(dict(
         enabled=True,                # False: no demo data at all; data.* as given (oq2vl_jax/demo/setup.py)

@@ -186,8 +186,8 @@ def test_logits_match_the_torch_composition(request, source, ckpt, tokens, featu
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 37, 3), dtype=np.uint8))
     png = io.BytesIO()
     image.save(png, format="PNG")
-    # the curate/inference preprocessing (load_image + the model's normalisation) is the processor's, to 1e-6
-    ours_pixels = image_lib.load_image(png.getvalue(), VISION["image_size"])[0]
+    # the curate/inference preprocessing (decode_image + the model's normalisation) is the processor's, to 1e-6
+    ours_pixels = image_lib.decode_image(png.getvalue(), VISION["image_size"])[0]
     theirs_pixels = torch_model.pixels(image)
     assert np.allclose(theirs_pixels[0].permute(1, 2, 0).numpy(), (ours_pixels / 255.0 - 0.5) / 0.5, atol=1e-6)
 

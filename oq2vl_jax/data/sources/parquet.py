@@ -23,6 +23,7 @@ import threading
 
 import numpy as np
 
+from oq2vl_jax.data.sources.records import count_skip, new_record
 from oq2vl_jax.errors import UserError
 from oq2vl_jax.storage import paths as storage
 
@@ -124,19 +125,18 @@ class ParquetSource:
             for key in self.json_keys:
                 value = value[key]
         except (ValueError, KeyError, TypeError, IndexError):
-            record["skips"]["record_unreadable"] = record["skips"].get("record_unreadable", 0) + 1
+            count_skip(record, "record_unreadable")
             return False
         return None if value is None else str(value)
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
-        record = {"source": self.name, "index": index, "key": f"{self.name}:{index}", "documents": [], "skips": {},
-                  "repairs": {}}
+        record = new_record(self.name, index, f"{self.name}:{index}")
         k = int(np.searchsorted(self._starts, index, side="right")) - 1
         try:
             rows = self._row_group(k)
         except Exception:  # noqa: BLE001 - a damaged row group is counted, not fatal
-            record["skips"]["record_unreadable"] = 1
+            count_skip(record, "record_unreadable")
             return record
         j = index - int(self._starts[k])
         image, caption = rows["image"][j], self._caption(rows["text"][j], record)
@@ -145,9 +145,9 @@ class ParquetSource:
         if caption is False:
             return record
         if not image:
-            record["skips"]["image_missing"] = 1
+            count_skip(record, "image_missing")
         elif caption is None:
-            record["skips"]["caption_missing"] = 1
+            count_skip(record, "caption_missing")
         else:
             record["documents"].append({"key": record["key"], "parts": [("image", bytes(image)), ("text", caption)]})
         return record
