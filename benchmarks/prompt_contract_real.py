@@ -5,7 +5,7 @@
         --config.data.sources='({"kind": "llava", "path": "DATA_DIR/train.json", "image_root": "DATA_DIR/images"},)' \\
         --config.data.tokenizer_dir=DATA_DIR/tokenizer --config.evals='()' --config.demo_sft.score_answers=False \\
         --config.train.num_steps=300 --config.train.eval_every=0
-    python benchmarks/prompt_contract_real.py measure DATA_DIR RUN [--other-code DIR]
+    python benchmarks/prompt_contract_real.py measure DATA_DIR RUN [--other-code DIR] [--step N]
 
 `make`: the 20 scikit-image sample photographs and micrographs that ship inside its wheel (`skimage/data/*.png|jpg`:
 astronaut, chelsea the cat, coffee, coins, the moon, a rocket, ...), two questions each in LLaVA's layout
@@ -63,13 +63,13 @@ def make(out: str) -> None:
     print(f"{len(records)} conversations about {len(NAMES)} images in {out}")
 
 
-def _generate(code: str, ckpt: str, requests: list[dict], work: str, tag: str) -> list[str]:
+def _generate(code: str, ckpt: str, step: int | None, requests: list[dict], work: str, tag: str) -> list[str]:
     inp, out = os.path.join(work, f"{tag}.in.jsonl"), os.path.join(work, f"{tag}.out.jsonl")
     with open(inp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in requests)
     env = dict(os.environ, PYTHONPATH=code)
     proc = subprocess.run([sys.executable, "-m", "oq2vl_jax.generate", "--ckpt", ckpt, "--input", inp, "--out", out,
-                           "--max-new-tokens", "16", "--batch-size", "40"], cwd=code, env=env, capture_output=True,
+                           "--max-new-tokens", "16", "--batch-size", "40"] + (["--step", str(step)] if step is not None else []), cwd=code, env=env, capture_output=True,
                           text=True)
     if proc.returncode:
         raise SystemExit(f"generate ({code}, {tag}) failed: {proc.stderr[-2000:]}")
@@ -77,7 +77,7 @@ def _generate(code: str, ckpt: str, requests: list[dict], work: str, tag: str) -
         return [json.loads(line)["answer"] for line in f]
 
 
-def measure(data: str, run: str, other_code: str | None) -> dict:
+def measure(data: str, run: str, other_code: str | None, step: int | None = None) -> dict:
     from oq2vl_jax.inference import VLMInference
     from oq2vl_jax.inference import answer_check
 
@@ -85,18 +85,18 @@ def measure(data: str, run: str, other_code: str | None) -> dict:
         records = json.load(f)
     image_root = os.path.join(data, "images")
     gold = [answer_check.gold_answer(r) for r in records]
-    vlm = VLMInference.load(run)
+    vlm = VLMInference.load(run, step=step)
     forced = answer_check.teacher_forced(vlm, records, image_root)
     apart = [answer_check.request(r, image_root) for r in records]
     results = {"items": len(records), "teacher_forced": sum(forced)}
     with tempfile.TemporaryDirectory() as work:
-        answers = {"this checkout, image apart": _generate(REPO, run, apart, work, "here")}
+        answers = {"this checkout, image apart": _generate(REPO, run, step, apart, work, "here")}
         if other_code:
-            answers["other checkout, image apart"] = _generate(other_code, run, apart, work, "other")
+            answers["other checkout, image apart"] = _generate(other_code, run, step, apart, work, "other")
             parts = [{"messages": [{"role": "user", "content": [
                 {"type": "image"}, {"type": "text", "text": "\n" + r["text"]}]}], "images": r["images"]}
                 for r in apart]
-            answers["other checkout, text part '\\n' + question"] = _generate(other_code, run, parts, work, "other_nl")
+            answers["other checkout, text part '\\n' + question"] = _generate(other_code, run, step, parts, work, "other_nl")
     for name, texts in answers.items():
         right = [a == g for a, g in zip(texts, gold)]
         results[name] = {"right": sum(right),
@@ -114,11 +114,12 @@ def main() -> None:
     s.add_argument("data")
     s.add_argument("run")
     s.add_argument("--other-code", help="another checkout of the package (its root directory)")
+    s.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     args = p.parse_args()
     if args.command == "make":
         make(args.data)
     else:
-        print(json.dumps(measure(args.data, args.run, args.other_code), indent=1, ensure_ascii=False))
+        print(json.dumps(measure(args.data, args.run, args.other_code, args.step), indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

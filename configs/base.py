@@ -79,5 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
         num_devices=0,               # the target's device count: what --dry_run simulates
         num_slices=1,                # TPU slices / GPU nodes (the dcn_* granules) for --dry_run
         device_memory_gib=0.0,       # for the --dry_run memory check
+        target="",                   # --dry_run_compile compiles for it: v5p-128, v4-64, v5e-256, 8xa100-40gb, 8xh100,
+                                     # 8xh200, cpu-8 (oq2vl_jax/training/targets.py); num_slices slices / nodes of it
     ))
     return c

@@ -37,4 +37,5 @@ def get_config() -> ml_collections.ConfigDict:
         eval_row_length=64,          # one held-out caption document per row when scoring attributes
         score_attributes=True,
     ))
+    c.hardware.target = "cpu-8"
     return c

@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.update(row_length=4096, packing="ffd_fill", chat_format="open_qwen2vl", missing_image="text_only",
                   num_epochs=1)
     c.train.update(stage="pretrain",                   # projector + LLM, as the original's "finetune"
-                   num_steps=4500, global_batch_rows=32, micro_batches=2)  # 2 rows per GPU per micro-batch
+                   num_steps=4500, global_batch_rows=32, micro_batches=1)  # 4 rows per GPU: one micro-batch fits
     c.optim.update(lr=2e-5, weight_decay=0.1, warmup_ratio=0.03, clip_norm=1.0)
     c.checkpoint.update(every_steps=1000, keep=2)
     return c

@@ -17,5 +17,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.micro_batches = 4                  # 256 rows / 32 chips / 4 = 2 rows per chip per micro-batch
     c.data.worker_count = 8                    # per host: 4 chips
     c.mesh.update(data=1, fsdp=-1, tensor=1)
-    c.hardware.update(num_devices=32, device_memory_gib=32.0)
+    c.hardware.update(num_devices=32, device_memory_gib=32.0, target="v4-64")
     return c

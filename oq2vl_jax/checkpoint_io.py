@@ -84,8 +84,8 @@ def prompt_contract(meta: dict) -> tuple[contract_lib.PromptContract, str | None
         chosen, why = contract_lib.ORIGINAL, "an imported checkpoint: assuming the original's"
     else:
         chosen, why = contract_lib.TRAINED_DEFAULT, "assuming the data pipeline's default"
-    return chosen, (f"the checkpoint does not record its prompt contract ({why}: {chosen.describe()}); re-import or "
-                    "re-save it to record it, or pass --chat-format / --label-mode if it was taught otherwise")
+    return chosen, (f"the checkpoint does not record its prompt contract ({why}: {chosen.describe()}); if it was "
+                    "taught otherwise, say so with --chat-format / --label-mode")
 
 
 def check_resumed_data(meta: dict, given: contract_lib.PromptContract, given_tokenizer: str | None, where: str,

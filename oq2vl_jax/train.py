@@ -5,7 +5,9 @@ synthetic demo data (once, into --workdir or demo.data_dir) and at the end score
 colour, shape and position of held-out images (oq2vl_jax/demo/attributes.py).
 
 `--dry_run` builds the abstract train state and its shardings on a simulated device count and prints per-device
-memory estimates (oq2vl_jax/training/dry_run.py).
+memory estimates (oq2vl_jax/training/dry_run.py). `--dry_run --dry_run_compile` compiles the real step for the
+config's `hardware.target` (a TPU slice or GPU node this machine does not have) and prints what the compiled program
+costs and a projection (oq2vl_jax/training/plan.py, docs/performance.md).
 
 A mistake in the flags or the config (a missing config file, an unknown or mistyped field, a bad value, an unusable
 workdir) prints one `error:` line and exits with status 2 before anything is compiled. SIGTERM and Ctrl-C stop after
@@ -38,6 +40,12 @@ def define_flags() -> dict:
         "workdir": flags.DEFINE_string("workdir", "runs/demo", "Run directory: checkpoints, metrics, demo data."),
         "dry_run": flags.DEFINE_bool("dry_run", False,
                                      "Build the abstract state and shardings only; print memory estimates."),
+        "dry_run_compile": flags.DEFINE_bool(
+            "dry_run_compile", False, "With --dry_run: compile the real step for hardware.target (a TPU slice, a GPU "
+            "node, cpu-N) and print compiled memory, FLOPs, collectives vs the FSDP bound and a projection."),
+        "dry_run_save_hlo": flags.DEFINE_string(
+            "dry_run_save_hlo", "", "With --dry_run_compile: also write the compiled program's optimized HLO text to "
+            "this new file."),
         "dry_run_devices": flags.DEFINE_integer("dry_run_devices", 0,
                                                 "Simulated device count for --dry_run (0 = hardware.num_devices)."),
     }
@@ -154,6 +162,10 @@ def main(argv, flag_values: dict, stop=None) -> None:
     from oq2vl_jax.storage import paths as storage
     config, workdir = flag_values["config"].value, storage.resolve(flag_values["workdir"].value)
     try:
+        if flag_values["dry_run"].value and flag_values["dry_run_compile"].value:
+            from oq2vl_jax.training.plan import plan
+            print(plan(config, save_hlo=flag_values["dry_run_save_hlo"].value))
+            return
         if flag_values["dry_run"].value:
             from oq2vl_jax.training.dry_run import dry_run
             print(dry_run(config, flag_values["dry_run_devices"].value))

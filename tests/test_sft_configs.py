@@ -40,7 +40,7 @@ def test_sft_dry_run_through_the_cli(tmp_path):
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "dry run: 8 devices" in out.stdout and "stage pretrain" in out.stdout
-    assert "2 rows of 4096 tokens; 2 micro-batches per update of 32 rows" in out.stdout
+    assert "4 rows of 4096 tokens; 1 micro-batches per update of 32 rows" in out.stdout
     total = float(re.search(r"total\s+([\d.]+)", out.stdout).group(1))
     assert 0.5 < total < 40
 

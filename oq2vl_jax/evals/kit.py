@@ -55,7 +55,8 @@ class Request:
 
     `template` "base": `prompt` is the whole text and the model prepends only its BOS (the original's
     `generate_batch` always prepends one `<s>`). `template` "chat": `prompt` is the user message and the model
-    renders it in the SFT chat format with the generation prompt (`oq2vl_jax.text.chat`, "open_qwen2vl").
+    renders it in the SFT chat format with the generation prompt (`oq2vl_jax.text.chat`, in the checkpoint's prompt
+    contract, docs/inference.md).
     For `generate`, decoding is greedy; it ends after `max_new_tokens`, after the first generated token whose text is
     one of `stop` (that token is kept, as Hugging Face keeps an EOS it stopped on), or at the model's EOS; the text is
     decoded without special tokens and stripped. For `score`, `candidates` are strings that must be single tokens; the model
@@ -103,7 +104,9 @@ LETTER_SUFFIX = "\nAnswer with the option's letter from the given choices direct
 
 
 def chat_prompt(user_message: str) -> str:
-    """The chat prompt as text, for display (`--dry_run`): the model builds the same from the request itself."""
+    """The chat prompt as text, for display (`--dry_run`, no model loaded: the default contract's "open_qwen2vl"
+    rendering); the model renders the request in its checkpoint's prompt contract, and each prediction record carries
+    that exact prompt (`prompts`)."""
     from oq2vl_jax.text import chat
 
     return (chat.OPEN_QWEN2VL_SYSTEM_PREFIX.format(system=chat.OPEN_QWEN2VL_SYSTEM)

@@ -16,13 +16,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from oq2vl_jax.inference.prompts import Prompt, load_image
-from oq2vl_jax.inference.sampler import pack_prompts
 from oq2vl_jax.text import chat
 from oq2vl_jax.text.tokens import IMAGE_TOKEN
 
@@ -60,14 +56,10 @@ def teacher_forced(vlm, records: Sequence[dict], image_root: str, batch_size: in
         pixels = tuple(load_image(os.path.join(image_root, name), size) for name in images)
         docs.append(Prompt(layout._replace(target_mask=None), pixels))
         spans.append((start, end - 1))  # the answer's tokens and <|im_end|>, not the "\n" after it
-    model = nnx.merge(vlm._graphdef, vlm.params)
-    argmax = jax.jit(lambda batch: jnp.argmax(model(batch), axis=-1))
     right = []
     for first in range(0, len(docs), batch_size):
         part = docs[first:first + batch_size]
-        batch = pack_prompts(part, rows=len(part), pad_id=vlm.encoder.pad_id, image_size=size)
-        del batch["lengths"]
-        predicted = np.asarray(vlm._run(argmax, vlm._put(batch)))
+        predicted = vlm.teacher_forced_argmax(part)
         for r, (doc, (a, b)) in enumerate(zip(part, spans[first:first + batch_size])):
             right.append(bool(np.all(predicted[r, a - 1:b - 1] == doc.document.ids[a:b])))
     return right

@@ -97,6 +97,7 @@ class VLMInference:
         self.sampler = Sampler(graphdef, cache_dtype=cache_dtype, cache_sharding=self._cache_shardings)
         self._graphdef = graphdef
         self._score_fn = jax.jit(self._score_impl)
+        self._argmax_fn = None  # teacher_forced_argmax's, compiled on first use
         self.data_shards = parallel.batch_shards(self.mesh)
 
     # ------------------------------------------------------------------------------------------------ loading
@@ -197,6 +198,16 @@ class VLMInference:
         return out
 
     # ------------------------------------------------------------------------------------------------ scoring
+    def teacher_forced_argmax(self, built: Sequence[prompt_lib.Prompt]) -> np.ndarray:
+        """[len(built), L]: the most likely next token at every position of each (whole) document, the document
+        given (teacher forcing); rows right-padded to a common bucketed length L."""
+        if self._argmax_fn is None:
+            self._argmax_fn = jax.jit(lambda params, batch: jnp.argmax(nnx.merge(self._graphdef, params)(batch), -1))
+        rows = self._rows(len(built))
+        batch = pack_prompts(built, rows=rows, pad_id=self.encoder.pad_id, image_size=self.config.vision.image_size)
+        del batch["lengths"]
+        return np.asarray(self._run(self._argmax_fn, self.params, self._put(batch)))[:len(built)]
+
     def _score_impl(self, params, batch, gather, targets, weights, candidate_ids):
         model = nnx.merge(self._graphdef, params)
         hidden = model.hidden_states(batch)

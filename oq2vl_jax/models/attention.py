@@ -33,10 +33,11 @@ MAX_PACKED_SEGMENTS = 64  # documents per row the cudnn_packed path describes; 4
 HEAD_MESH_AXIS = "tensor"
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, platform: str | None = None) -> str:
+    """"auto" -> the backend for `platform` (the devices the step runs on; default: jax's default backend)."""
     if backend != "auto":
         return backend
-    platform = jax.default_backend()
+    platform = platform or jax.default_backend()
     return {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(platform, "xla")
 
 

@@ -113,6 +113,12 @@ def activation_sharding(fn):
         _activation_sharding.reset(token)
 
 
+def partition_spec(logical_axes: tuple[str | None, ...], shape) -> jax.sharding.PartitionSpec | None:
+    """The mesh partitioning the installed rules give these logical axes, or None when none is installed."""
+    fn = _activation_sharding.get()
+    return None if fn is None else fn(logical_axes, shape).spec
+
+
 def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
     fn = _activation_sharding.get()
     if fn is None:

@@ -21,6 +21,11 @@ from oq2vl_jax.models.attention import attention
 from oq2vl_jax.models.presets import ModelOptions, SiglipConfig
 
 
+# Images are the batch: without these constraints GSPMD may run the tower tensor-parallel over the FSDP-sharded
+# width, every device computing every image and all-reducing activations in every block.
+_ACTIVATION = ("activation_batch", "activation_length", "activation_embed")
+
+
 class SiglipBlock(nnx.Module):
     def __init__(self, cfg: SiglipConfig, opts: ModelOptions, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(opts.compute_dtype)
@@ -42,8 +47,8 @@ class SiglipBlock(nnx.Module):
         split = lambda y: y.reshape(n, t, self.num_heads, self.head_dim)
         a = attention(split(self.q(h)), split(self.k(h)), split(self.v(h)), None, causal=False,
                       backend=self.backend, splash_interpret=self.splash_interpret)
-        x = x + self.out(a.reshape(n, t, -1))
-        return x + self.fc2(layers.gelu(self.fc1(self.norm2(x)), self.act))
+        x = layers.constrain(x + self.out(a.reshape(n, t, -1)), _ACTIVATION)
+        return layers.constrain(x + self.fc2(layers.gelu(self.fc1(self.norm2(x)), self.act)), _ACTIVATION)
 
 
 class SiglipTower(nnx.Module):
@@ -76,7 +81,7 @@ class SiglipTower(nnx.Module):
         x = x.reshape(n, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, p * p * 3)
         kernel = self.patch_kernel[...].reshape(p * p * 3, cfg.width).astype(self.dtype)
         x = jnp.dot(x, kernel) + self.patch_bias[...].astype(self.dtype)
-        x = x + self.pos_embed[...].astype(self.dtype)[None]
+        x = layers.constrain(x + self.pos_embed[...].astype(self.dtype)[None], _ACTIVATION)
 
         graphdef, state = nnx.split(self.blocks)
 

@@ -14,7 +14,10 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from oq2vl_jax.models import layers
+from oq2vl_jax.models.attention import BATCH_MESH_AXES
 from oq2vl_jax.models.cache import KVCache
 from oq2vl_jax.models.losses import chunked_cross_entropy
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig
@@ -29,6 +32,19 @@ PIXEL_STD = 0.5
 def normalize_pixels(images: jax.Array) -> jax.Array:
     """uint8 RGB -> (x/255 - 0.5)/0.5 in float32, the reference's timm transform."""
     return (images.astype(jnp.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+# rows over the batch mesh axes: images and their embeddings are per-row data, never worth replicating
+_ROWS = ("activation_batch", "activation_length", "activation_embed")
+
+
+def _device_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    """Inside shard_map: mark a replicated input as differing per device (the transpose sums the gradient here)."""
+    if not axes:
+        return x
+    if hasattr(jax.lax, "pvary"):
+        return jax.lax.pvary(x, axes)
+    return jax.lax.pcast(x, axes, to="varying")
 
 
 class VLM(nnx.Module):
@@ -64,20 +80,23 @@ class VLM(nnx.Module):
 
         def run(xs):
             imgs, ok = xs
-            return jax.lax.cond(jnp.any(ok), lambda x: self.image_embeddings(x).astype(dtype),
+            return jax.lax.cond(jnp.any(ok), lambda x: layers.constrain(self.image_embeddings(x).astype(dtype), _ROWS),
                                 lambda x: jnp.zeros((b * c, t, d), dtype), imgs)
 
+        chunks = layers.constrain(chunks, (None, "activation_batch", None, None, None))
         emb = jax.lax.map(run, (chunks, chunk_valid))  # [steps, B*c, T, D]
-        return emb.reshape(steps, b, c, t, d).swapaxes(0, 1).reshape(b, steps * c * t, d)
+        emb = layers.constrain(emb, (None, "activation_batch", None, None))
+        emb = emb.reshape(steps, b, c, t, d).swapaxes(0, 1).reshape(b, steps * c * t, d)
+        return layers.constrain(emb, _ROWS)
 
     def embed(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Token embeddings with image embeddings spliced in at `image_mask` positions: [B, L, D]."""
-        x = self.llm.embed_tokens(batch["input_ids"])
+        x = layers.constrain(self.llm.embed_tokens(batch["input_ids"]), _ROWS)
         image_mask = batch["image_mask"]
         flat = self._row_image_embeddings(batch["images"], batch["image_valid"])
         index = jnp.clip(jnp.cumsum(image_mask, axis=1) - 1, 0, flat.shape[1] - 1)
-        spliced = jnp.take_along_axis(flat, index[:, :, None], axis=1)
-        return jnp.where(image_mask[:, :, None], spliced.astype(x.dtype), x)
+        spliced = layers.constrain(jnp.take_along_axis(flat, index[:, :, None], axis=1), _ROWS)
+        return layers.constrain(jnp.where(image_mask[:, :, None], spliced.astype(x.dtype), x), _ROWS)
 
     def _positions_and_segments(self, batch):
         segment_ids, positions = batch["segment_ids"], batch["positions"]
@@ -102,7 +121,36 @@ class VLM(nnx.Module):
     def loss(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """(sum of loss_weights * NLL(targets), sum of loss_weights): the trainer divides for a token-weighted mean."""
         hidden = self.hidden_states(batch)
-        b, l, d = hidden.shape
         kernel, layout = self.llm.unembed_kernel()
-        return chunked_cross_entropy(hidden.reshape(b * l, d), kernel, layout, batch["targets"].reshape(-1),
-                                     batch["loss_weights"].reshape(-1), self.options.loss_chunk)
+        kernel = kernel.astype(hidden.dtype)
+        chunk = self.options.loss_chunk
+        args = (hidden, batch["targets"], batch["loss_weights"])
+        mesh = jax.sharding.get_abstract_mesh()
+        axes = () if mesh is None or mesh.empty else tuple(
+            a for a in BATCH_MESH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+        if not axes:
+            return chunked_cross_entropy(hidden, kernel, layout, *args[1:], chunk)
+
+        # On a mesh: each device walks the chunks of its own rows with the whole output projection, gathered once
+        # from its stored sharding; the gradient stays local over the chunks and is reduce-scattered back to that
+        # sharding once per micro-batch (GSPMD would all-reduce a replicated [vocab, D] gradient in every chunk).
+        names = ("vocab", "embed") if layout == "vd" else ("embed", "vocab")
+        spec = layers.partition_spec(names, kernel.shape) or P()
+        spec_axes = [() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in spec]
+        spec_axes += [()] * (kernel.ndim - len(spec_axes))
+        sharded_over = {a for entry in spec_axes for a in entry}
+
+        def local(h, k, t, w):
+            # varying over the batch axes the kernel is replicated on: its gradient is summed over them here, once
+            k = _device_varying(k, tuple(a for a in axes if a not in sharded_over))
+            for dim, entry in enumerate(spec_axes):
+                if entry:  # all_gather's transpose is a reduce-scatter
+                    k = jax.lax.all_gather(k, entry if len(entry) > 1 else entry[0], axis=dim, tiled=True)
+            nll, weight = chunked_cross_entropy(h, k, layout, t, w, chunk)
+            return nll[None], weight[None]
+
+        rows = P(axes)
+        kernel_spec = P(*[None if not e else e[0] if len(e) == 1 else e for e in spec_axes])
+        nll, weight = jax.shard_map(local, mesh=mesh, in_specs=(rows, kernel_spec, rows, rows),
+                                    out_specs=(rows, rows))(hidden, kernel, *args[1:])
+        return jnp.sum(nll), jnp.sum(weight)

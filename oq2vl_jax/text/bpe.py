@@ -6,7 +6,9 @@ its special tokens `<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (eos). `l
 What the trainer and evaluation require of a tokenizer (text/tokens.py `check_qwen2`: "True", "False", "Yes", "No"
 and the capital letters each one token, as the reference's `string2idx` asserts) is guaranteed, not left to the
 captions: a word the learned merges do not join gets the few merges that join it, appended last (the lowest
-priority, so every other word tokenizes as learned), and room for them is kept inside `vocab_size`.
+priority, so every other word tokenizes as learned); room for them inside `vocab_size` is made only when the learned
+vocabulary would overflow (it is learned again with a smaller budget), so captions that already join every required
+word give exactly the tokenizer they always gave.
 """
 
 from __future__ import annotations
@@ -31,11 +33,28 @@ def train_bpe_tokenizer(out_dir: str, texts: Iterable[str], vocab_size: int) -> 
         pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    reserve = sum(len(w) - 1 for w in SINGLE_TOKEN_WORDS)  # at most this many merges are added afterwards
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - reserve, special_tokens=list(REQUIRED_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok = _join_single_token_words(tok)
+    texts = list(texts)
+
+    def train(size: int):
+        trained = Tokenizer.from_str(tok.to_str())
+        trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=list(REQUIRED_TOKENS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trained.train_from_iterator(texts, trainer=trainer)
+        return trained
+
+    # Room for the appended merges is made only when they are needed, so a corpus whose captions already join every
+    # required word gives exactly the tokenizer it always gave. A smaller budget can split more words: shrink until
+    # the appended merges fit, then fall back to reserving the most they can ever take.
+    budget = vocab_size
+    for _ in range(4):
+        trained = train(budget)
+        needed = _merges_needed(trained)
+        if _vocab_size(trained) + needed <= vocab_size:
+            break
+        budget = vocab_size - needed
+    else:
+        trained = train(vocab_size - sum(len(w) - 1 for w in SINGLE_TOKEN_WORDS))
+    tok = _join_single_token_words(trained)
     os.makedirs(out_dir, exist_ok=True)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN,
@@ -43,6 +62,15 @@ def train_bpe_tokenizer(out_dir: str, texts: Iterable[str], vocab_size: int) -> 
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2)
     return out_dir
+
+
+def _vocab_size(tok) -> int:
+    return tok.get_vocab_size(with_added_tokens=True)
+
+
+def _merges_needed(tok) -> int:
+    """How many merges `_join_single_token_words` would append to `tok`."""
+    return sum(len(tok.encode(w, add_special_tokens=False).tokens) - 1 for w in SINGLE_TOKEN_WORDS)
 
 
 def _join_single_token_words(tok):

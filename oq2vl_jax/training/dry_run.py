@@ -40,8 +40,10 @@ def dry_run(config, num_devices: int) -> str:
     act_bytes = jnp.dtype(m.compute_dtype).itemsize
     layer_in = rows * length * llm.hidden_size * act_bytes
     working = rows * length * (4 * llm.hidden_size + 3 * llm.intermediate_size) * act_bytes
-    saved = llm.num_layers * layer_in if m.remat != "none" else llm.num_layers * (layer_in + working)
-    logits = 2 * int(m.loss_chunk) * llm.vocab_size * 4
+    # remat=none keeps every layer's intermediates: about twice this working set per layer in the compiled program
+    # (attention and MLP intermediates, their casts); the plain sum read ~2x low against the compiler
+    saved = llm.num_layers * layer_in if m.remat != "none" else llm.num_layers * (layer_in + 2 * working)
+    logits = 2 * rows * min(int(m.loss_chunk), length) * llm.vocab_size * 4  # one loss chunk: fp32 logits + grad
     slots = int(config.data.max_images_per_row) or max(1, length // (vlm.tokens_per_image + 3))
     batch = t.global_batch_rows // parallel.batch_shards(mesh) * (
         length * 21 + slots * (config.data.image_size ** 2 * 3 + 1))
@@ -57,7 +59,7 @@ def dry_run(config, num_devices: int) -> str:
              f"  gradients        {_bytes_per_device(abstract.trainable) / gib:8.2f}  (accumulator, fp32)",
              f"  batch            {batch / gib:8.2f}",
              f"  activations      {(saved + working + logits) / gib:8.2f}  (estimate: remat={m.remat}, one layer's "
-             "working set, one loss chunk)"]
+             "working set, one loss chunk; --dry_run_compile gives the compiled figure)"]
     total = (2 * _bytes_per_device(abstract.trainable) + _bytes_per_device(abstract.frozen)
              + _bytes_per_device(abstract.opt_state) + batch + saved + working + logits)
     capacity = float(config.hardware.get("device_memory_gib", 0.0))

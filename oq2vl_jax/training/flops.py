@@ -29,23 +29,13 @@ from __future__ import annotations
 from typing import Mapping
 
 from oq2vl_jax.models.presets import VLMConfig
-
-# bf16 dense peak per device (datasheet), matched as lower-case substrings of jax's device_kind, most specific first.
-PEAK_FLOPS_BY_KIND = (
-    ("h100", 989e12), ("h200", 989e12), ("h800", 989e12), ("a100", 312e12),
-    ("tpu v6 lite", 918e12), ("tpu v6e", 918e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12),
-    ("tpu v5p", 459e12), ("tpu v5", 459e12), ("tpu v4", 275e12),
-)
-
+from oq2vl_jax.training.targets import kind_hardware
 
 def peak_flops_per_device(device_kind: str, override_tflops: float = 0.0) -> float | None:
+    """bf16 dense datasheet peak of a jax device_kind (training/targets.py HARDWARE), or `hardware.peak_tflops`."""
     if override_tflops > 0:
         return override_tflops * 1e12
-    kind = device_kind.lower()
-    for key, value in PEAK_FLOPS_BY_KIND:
-        if key in kind:
-            return value
-    return None
+    return kind_hardware(device_kind).peak_flops or None
 
 
 def llm_matmul_params(config: VLMConfig) -> int:

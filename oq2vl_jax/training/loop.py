@@ -120,7 +120,7 @@ def run(config, workdir: str, *, devices=None, data_factory: DataFactory | None 
 def restore_newest(config, checkpointer: Checkpointer, mesh) -> tuple[int | None, tuple | None]:
     """The newest step of the run that restores: (step, (model config, parts, optimizer, shardings, state, data
     state)), or (None, None) when the run has no steps yet. Damaged newer steps are moved aside."""
-    options, stage = setup.model_options(config.model), config.train.stage
+    options, stage = setup.model_options(config.model, mesh.devices.flat[0].platform), config.train.stage
 
     def restore(step: int):
         _, meta = checkpoint_io.load_meta(checkpointer.directory, step)
@@ -145,7 +145,7 @@ def _run(config, workdir: str, devices, mesh, data_factory: DataFactory | None,
          compiler_options: Mapping[str, Any] | None, stop: StopSignal) -> RunResult:
     t, stage = config.train, config.train.stage
     primary = jax.process_index() == 0
-    options = setup.model_options(config.model)
+    options = setup.model_options(config.model, mesh.devices.flat[0].platform)
 
     checkpointer = Checkpointer(os.path.join(workdir, setup.CHECKPOINT_SUBDIR), keep=int(config.checkpoint.keep),
                                 async_save=bool(config.checkpoint.async_save))

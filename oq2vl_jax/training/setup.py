@@ -13,6 +13,7 @@ from absl import logging
 
 from oq2vl_jax import checkpoint_io, parallel
 from oq2vl_jax.errors import UserError
+from oq2vl_jax.models.attention import resolve_backend
 from oq2vl_jax.models.presets import ModelOptions, VLMConfig, llm_preset, vision_preset
 from oq2vl_jax.storage import paths as storage
 from oq2vl_jax.text import contract as contract_lib, tokens
@@ -24,8 +25,15 @@ CHECKPOINT_SUBDIR = "checkpoints"
 VOCAB_MULTIPLE = 128  # random-init vocabularies are rounded up so the table shards evenly
 
 
-def model_options(model_cfg: Mapping) -> ModelOptions:
-    return ModelOptions(compute_dtype=model_cfg["compute_dtype"], attention=model_cfg["attention"],
+def model_options(model_cfg: Mapping, platform: str | None = None) -> ModelOptions:
+    """The model's options; attention "auto" resolves from `platform`, the mesh's devices' (a step compiled for TPU
+    on a CPU host must get splash, not the host's choice); without one, from jax's default backend."""
+    attention = model_cfg["attention"]
+    if attention == "auto" and platform:
+        attention = resolve_backend(attention, platform)
+        if attention == "cudnn" and model_cfg["compute_dtype"] == "float32":
+            attention = "xla"  # cuDNN's fused attention takes half precision only
+    return ModelOptions(compute_dtype=model_cfg["compute_dtype"], attention=attention,
                         remat=model_cfg["remat"], vision_chunk=int(model_cfg["vision_chunk"]),
                         loss_chunk=int(model_cfg["loss_chunk"]), reference_compat=bool(model_cfg["reference_compat"]))
 

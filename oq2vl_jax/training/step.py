@@ -32,6 +32,8 @@ from oq2vl_jax.training.optimizer import update_count
 from oq2vl_jax.training.state import ModelParts, TrainState, merge_params
 
 TRAIN_FIELDS = {**MODEL_FIELDS, **LOSS_FIELDS}
+REPLICATED_TRAINED = ("projector",)  # trained towers small enough to hold whole on every device
+REPLICATED_FROZEN = ("vision",)      # frozen towers used inside the image-chunk loop: gathered once, outside it
 
 
 def batch_shardings(mesh: Mesh, fields: Mapping = TRAIN_FIELDS) -> dict:
@@ -67,6 +69,22 @@ def _micro_batches(batch: Mapping[str, jax.Array], count: int) -> dict[str, jax.
     return {k: split(v) for k, v in batch.items()}
 
 
+def compute_copy(params: Mapping, shardings: Mapping, dtype, replicate=(), mesh: Mesh | None = None) -> dict:
+    """The parameters as the model uses them: matrices cast to the compute dtype while still sharded (so FSDP gathers
+    them, and reduce-scatters their gradients, in that dtype: the cast's transpose casts the gradient back), pinned to
+    their stored sharding (the gradient then leaves each micro-batch reduce-scattered, not all-reduced).
+
+    Towers in `replicate` are gathered here, once per micro-batch, instead of inside the loops that use them (the
+    vision tower and the projector run in a loop over image chunks). Values are unchanged: the model casts
+    to the compute dtype anyway; vectors (norms, biases) keep their dtype."""
+    def one(x, sharding, gather):
+        x = x.astype(dtype) if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating) else x
+        x = jax.lax.with_sharding_constraint(x, sharding)
+        return jax.lax.with_sharding_constraint(x, parallel.replicated(mesh)) if gather else x
+    return {name: jax.tree.map(lambda x, s: one(x, s, name in replicate), tree, shardings[name])
+            for name, tree in params.items()}
+
+
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, mesh: Mesh, *, micro_batches: int,
                     lr_fn: Callable[[jax.Array], jax.Array], state_shardings: TrainState,
                     compiler_options: Mapping[str, Any] | None = None
@@ -76,8 +94,13 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, mesh: M
     compat = parts.options.reference_compat
     act = parallel.activation_sharding_fn(mesh)
     micro_shardings = batch_shardings(mesh)
+    compute = jnp.dtype(parts.options.compute_dtype)
 
     def objective(trainable, frozen, micro):
+        # the projector (4.5M parameters) runs inside the vision chunk loop: gathered whole there, GSPMD would gather
+        # the image activations instead to compute its sharded weight gradient
+        trainable = compute_copy(trainable, state_shardings.trainable, compute, replicate=REPLICATED_TRAINED, mesh=mesh)
+        frozen = compute_copy(frozen, state_shardings.frozen, compute, replicate=REPLICATED_FROZEN, mesh=mesh)
         nll, weight = parts.model(merge_params(trainable, frozen)).loss(micro)
         scaled = nll / jnp.maximum(weight, 1.0) / micro_batches if compat else nll
         return scaled, (nll, weight)

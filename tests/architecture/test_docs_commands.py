@@ -62,11 +62,24 @@ INSTALL = ByTest("tests/architecture/test_install.py::test_pyproject_and_require
 CONVERT_ROUND_TRIP = ByTest("tests/convert/test_cli.py::test_cli_round_trips")
 CONVERT_EXPORT_HELP = Help(("-m", "oq2vl_jax.convert", "export"))
 TRAIN_DRY = Run(extra=("--dry_run",), expect="per-device memory")
+TRAIN_HELP = Help(("-m", "oq2vl_jax.train"))  # compiling for a TPU / GPU target needs .[plan-tpu] / .[plan-gpu]
 BUCKET_RUN = ByTest("tests/training/test_buckets_e2e.py::test_demo_in_a_bucket_through_the_documented_entry_points")
 CURATE_AS_DOCUMENTED = ByTest("tests/curate/test_reshard.py::test_cli_keys_select_reshard_as_documented")
 LLAVA_UNIFIED = ByTest("tests/convert/test_llava_unified.py::test_curate_mlm_scores_with_the_imported_filter")
 
 COMMANDS = {
+    # docs/performance.md: the demo compiles for 8 simulated CPU devices; TPU / GPU targets need an optional package
+    "python -m oq2vl_jax.train --config configs/demo.py --dry_run --dry_run_compile":
+        Run(expect="x the FSDP bound"),
+    "python -m oq2vl_jax.train --config configs/a100x8.py --dry_run --dry_run_compile": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/h100x8.py --dry_run --dry_run_compile": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/tpu_v5p_128.py --dry_run --dry_run_compile": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/tpu_v5p_128.py --dry_run --dry_run_compile "
+    "--config.hardware.target=v5p-8 --config.hardware.num_devices=4 --config.train.global_batch_rows=16": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/sft_llava665k.py --dry_run --dry_run_compile": TRAIN_HELP,
+    "python -m oq2vl_jax.train --config configs/sft_llava665k.py --dry_run --dry_run_compile "
+    "--config.data.packing=none --config.data.max_images_per_row=1 --config.train.global_batch_rows=128 "
+    "--config.train.num_steps=5200": TRAIN_HELP,
     # README.md
     "python3 -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": INSTALL,  # network
     'python3 -m pip install -e ".[test]"': INSTALL,
