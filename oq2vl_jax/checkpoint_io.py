@@ -18,6 +18,7 @@ commit_success.txt object instead (storage/orbax_s3.py), and the tokenizer is re
 
 from __future__ import annotations
 
+import errno
 import json
 import logging as std_logging
 import os
@@ -204,25 +205,87 @@ class _NoOrphanedTaskErrors(std_logging.Filter):
         return not str(record.msg).startswith("Task exception was never retrieved")
 
 
+def is_out_of_space(error: BaseException | None) -> bool:
+    """Whether `error`, or one it was raised from, is a full disk: an OSError with ENOSPC, or TensorStore's error
+    (a ValueError whose text carries the OS message) as Orbax re-raises it from its writer threads."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if os.strerror(errno.ENOSPC) in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class _NoOutOfSpaceRecords(std_logging.Filter):
+    """Drops the records that Orbax's writer threads (absl) and asyncio log, each with its traceback, for every array
+    write that a full disk failed (1,300+ lines for one tiny checkpoint): the save's caller reports it in one line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.exc_info and is_out_of_space(record.exc_info[1]):
+            return False
+        try:
+            return os.strerror(errno.ENOSPC) not in record.getMessage()
+        except Exception:  # a record whose arguments do not format: not ours to judge
+            return True
+
+
+def _is_late_callback(exc_type, exc, tb) -> bool:
+    """TensorStore completing a write (or read) future after Orbax closed the asyncio loop that awaited it: its
+    callback enters Python at `loop.call_soon_threadsafe`, which raises "Event loop is closed", printed through
+    sys.excepthook with that call as the traceback's first frame (an error of ours always starts elsewhere)."""
+    return (exc_type is RuntimeError and str(exc) == "Event loop is closed" and tb is not None
+            and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
+
+
+def quiet_out_of_space_records() -> None:
+    """Installs `_NoOutOfSpaceRecords` (once) on the loggers Orbax's background writes report through, and drops the
+    late-callback tracebacks of aborted writes (`_quiet_late_callbacks`). It must be in place before a save starts:
+    those threads print before the caller learns that the save failed."""
+    for name in ("absl", "asyncio"):
+        logger = std_logging.getLogger(name)
+        if not any(isinstance(f, _NoOutOfSpaceRecords) for f in logger.filters):
+            logger.addFilter(_NoOutOfSpaceRecords())
+    _quiet_late_callbacks()
+
+
 def quiet_aborted_restore() -> None:
     """After a restore that failed mid-read, TensorStore still completes the read futures Orbax had started and tries
     to hand them to Orbax's asyncio loop, which is closed by then: each prints an "Event loop is closed" traceback
-    through sys.unraisablehook, and asyncio logs the orphaned read tasks' errors with their tracebacks (dozens of
+    (`_quiet_late_callbacks`), and asyncio logs the orphaned read tasks' errors with their tracebacks (dozens of
     them, after the one-line warning that already named the damaged step). Those, and only those, are dropped; every
     other unraisable exception reaches the previous hook and every other asyncio record is logged."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_oq2vl_quiet", False):
-        return
-    std_logging.getLogger("asyncio").addFilter(_NoOrphanedTaskErrors())
+    logger = std_logging.getLogger("asyncio")
+    if not any(isinstance(f, _NoOrphanedTaskErrors) for f in logger.filters):
+        logger.addFilter(_NoOrphanedTaskErrors())
+    _quiet_late_callbacks()
 
-    def hook(unraisable):
+
+def _quiet_late_callbacks() -> None:
+    """Drops (once installed) the tracebacks of TensorStore callbacks that reach a closed asyncio loop after an aborted
+    read or write: through sys.unraisablehook or, when the callback enters Python at `call_soon_threadsafe`,
+    sys.excepthook (`_is_late_callback`); and the coroutines of an aborted write collected while the interpreter shuts
+    down after the one error line. Everything else reaches the previous hooks."""
+    if getattr(sys.unraisablehook, "_oq2vl_quiet", False):
+        return
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+    def unraisable_hook(unraisable):
         exc = unraisable.exc_value
         if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
             return
-        previous(unraisable)
+        if isinstance(exc, ImportError) and "Python is likely shutting down" in str(exc):
+            return
+        previous_unraisable(unraisable)
 
-    hook._oq2vl_quiet = True
-    sys.unraisablehook = hook
+    def except_hook(exc_type, exc, tb):
+        if not _is_late_callback(exc_type, exc, tb):
+            previous_except(exc_type, exc, tb)
+
+    unraisable_hook._oq2vl_quiet = True
+    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 def load_meta(ckpt_dir: str, step: int | None = None) -> tuple[int, dict]:

@@ -31,6 +31,7 @@ commit_success.txt object instead of a rename, and a step moved aside is copied 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any, Callable, Mapping, TypeVar
@@ -81,6 +82,7 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int | None = 3, async_save: bool = True):
         self.directory = storage.resolve(directory)
         check_own_directory(self.directory)  # (a local directory; nothing to check in a bucket)
+        checkpoint_io.quiet_out_of_space_records()
         every_process = ocp.options.MultiprocessingOptions(primary_host=None)
         registry = _array_registry()
         handlers = {
@@ -123,8 +125,26 @@ class Checkpointer:
             opt_state=ocp.args.PyTreeSave(state.opt_state),
             train=ocp.args.JsonSave(_snapshot(train)),
             data=ocp.args.JsonSave(_snapshot(data_state)))
-        self.manager.save(step, args=args, force=True)
+        with self._reporting_a_full_disk():
+            self.manager.save(step, args=args, force=True)
         return step
+
+    @contextlib.contextmanager
+    def _reporting_a_full_disk(self):
+        """A save that a full disk failed (reported by Orbax when the next save or the final wait collects it) is one
+        line naming the directory and the step a rerun resumes from; the steps already written are intact."""
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as e:
+            if not checkpoint_io.is_out_of_space(e):
+                raise
+            checkpoint_io.quiet_aborted_restore()
+            steps = self.all_steps()
+            resume = f"it resumes from step {max(steps)}" if steps else "no step was saved yet, it starts again"
+            raise UserError(f"no space left on the device of '{self.directory}' while writing a checkpoint: free "
+                            f"space there (or use another --workdir) and run the same command again; {resume}") from e
 
     def restore(self, abstract: TrainState, stage: str, step: int | None = None, *,
                 restore_data: bool = True) -> tuple[TrainState, dict | None, dict]:
@@ -207,10 +227,12 @@ class Checkpointer:
                                                                                vocab_size=vocab_size))
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._reporting_a_full_disk():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with self._reporting_a_full_disk():
+            self.manager.wait_until_finished()
         self.manager.close()
 
 
