@@ -45,6 +45,16 @@ def _pure(tree):
     return tree
 
 
+def _trains_on_demo_data(config, demo_dir: str) -> bool:
+    """Whether this run's training data is the demo set in demo_dir (demo/setup.py points data.sources at it only
+    when no sources were given): configs/demo.py run on the user's own data is not."""
+    from oq2vl_jax.demo import setup as demo_setup
+
+    paths = demo_setup.read_marker(demo_dir)
+    sources = tuple(config.data.get("sources") or ())
+    return paths is not None and any(hasattr(s, "get") and s.get("path") == paths["train"] for s in sources)
+
+
 class TrainingEvaluators:
     """The evaluators of one training run (`config.evals`); the loop calls `due` and `run` after each step."""
 
@@ -78,6 +88,14 @@ class TrainingEvaluators:
         for s in specs:
             if s.name == ATTRIBUTES and "demo" not in config:
                 raise UserError("config.evals: demo_attributes needs the demo config (configs/demo.py)")
+        if any(s.name == ATTRIBUTES for s in specs) and not _trains_on_demo_data(config, demo_dir):
+            from absl import logging
+
+            logging.info("config.evals: demo_attributes skipped: it scores the synthetic demo data, which this run "
+                         "does not train on (data.sources is set)")
+            specs = [s for s in specs if s.name != ATTRIBUTES]
+            if not specs:
+                return None
         return cls(specs, workdir=workdir, model_config=model_config, default_every=int(config.train.eval_every),
                    tokenizer_dir=tokenizer_dir, demo_data_dir=demo_dir, compute_dtype=str(config.model.compute_dtype),
                    demo_row_length=int(demo.get("eval_row_length", 64)), image_size=int(config.data.image_size))

@@ -98,3 +98,28 @@ def test_demo_sft_config_evaluates_its_own_held_out_set(tmp_path):
     tok.mkdir()
     ev = evaluators.TrainingEvaluators.from_config(config, str(tmp_path / "run"), None, str(tok))
     assert ev.demo_data_dir == str(tmp_path / "run" / "sft_data")
+
+
+def test_demo_attributes_run_only_when_the_run_trains_on_the_demo_data(tmp_path):
+    """configs/demo.py with the user's own data.sources: the demo's attribute score (of the synthetic set, which that
+    run never sees) is skipped at start-up, not raised as an error after training."""
+    import json
+    import runpy
+
+    from oq2vl_jax.demo import setup as demo_setup
+
+    config = runpy.run_path(os.path.join(REPO, "configs", "demo.py"))["get_config"]()
+    demo_dir, tok = tmp_path / "demo_data", tmp_path / "tok"
+    demo_dir.mkdir()
+    tok.mkdir()
+    parts = {k: k for k in demo_setup.DEMO_KEYS}
+    (demo_dir / demo_setup.DEMO_PATHS_FILE).write_text(json.dumps(parts))
+    config.demo.data_dir = str(demo_dir)
+
+    def built():
+        return evaluators.TrainingEvaluators.from_config(config, str(tmp_path), None, str(tok))
+
+    config.data.sources = ({"kind": "webdataset", "path": str(demo_dir / "train")},)  # what demo/setup.py sets
+    assert [s.name for s in built().specs] == [specs.ATTRIBUTES]
+    config.data.sources = ({"kind": "webdataset", "path": "/data/my_shards"},)
+    assert built() is None
