@@ -162,6 +162,11 @@ def main(argv, flag_values: dict, stop=None) -> None:
     from oq2vl_jax.storage import paths as storage
     config, workdir = flag_values["config"].value, storage.resolve(flag_values["workdir"].value)
     try:
+        if flag_values["dry_run"].value and stop is not None:
+            # a dry run saves nothing: SIGTERM / Ctrl-C stop it at once (`timeout`, a scheduler), as without our handlers
+            stop.restore()
+            if stop.received:
+                _exit_user_error(f"stopped by {stop.received.upper()} before the dry run")
         if flag_values["dry_run"].value and flag_values["dry_run_compile"].value:
             from oq2vl_jax.training.plan import plan
             print(plan(config, save_hlo=flag_values["dry_run_save_hlo"].value))

@@ -118,6 +118,25 @@ def test_sigterm_during_start_up_stops_cleanly(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "train.lock")  # released
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the signal mask from /proc (Linux)")
+def test_sigterm_stops_a_dry_run_at_once(tmp_path):
+    """A dry run (or a compile for a target, minutes long) saves nothing: SIGTERM ends it, where a training run would
+    first finish its step (it used to be deferred like that, so `timeout` could not stop a plan)."""
+    proc = subprocess.Popen(train_cli("--dry_run", config=os.path.join(REPO, "configs", "a100x8.py")), env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not _catches_sigterm(proc.pid):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode in (-signal.SIGTERM, 2), (proc.returncode, err[-2000:])
+    assert "Traceback" not in err
+    if proc.returncode == 2:
+        assert "error: stopped by SIGTERM before the dry run" in err
+    assert "parameters" not in out, out[-2000:]  # the dry run's report was never printed
+
+
 @pytest.mark.slow  # one CLI run on the demo data to a few steps (~1 min on 2 cores)
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path):
     from fixtures.training import cli, cli_env, losses, wait_for_step
