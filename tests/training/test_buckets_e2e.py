@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,25 +18,13 @@ from oq2vl_jax.storage import paths
 from oq2vl_jax.training import metrics
 from fixtures.s3 import bucket, s3_server  # noqa: F401 (fixtures)
 from fixtures.paths import REPO
-from fixtures.training import CLI_STEPS, cli, cli_env, losses
+from fixtures.training import CLI_STEPS, cli, cli_env, losses, wait_for_step
 
 # the documented demo command, made quick: a few steps of a tiny set (the docs test's settings)
 DEMO_FAST = ("--config.train.num_steps=2", "--config.train.global_batch_rows=4", "--config.train.log_every=1",
              "--config.train.eval_every=0", "--config.checkpoint.every_steps=2", "--config.demo.num_train=32",
              "--config.demo.num_eval=4", "--config.data.row_length=64", "--config.data.pack_buffer=32",
              "--config.log.tensorboard=False")
-
-
-def _wait_for_step(proc: subprocess.Popen, workdir: str, step: int, timeout: float = 300.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if any(r.get("step", 0) >= step for r in metrics.read_metrics(workdir)):  # synced at each log step
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
 def test_demo_in_a_bucket_through_the_documented_entry_points(tmp_path, bucket, monkeypatch, capsys):
@@ -78,7 +65,7 @@ def test_demo_in_a_bucket_killed_resumed_bit_exactly_then_evaluated_and_exported
                                  stderr=subprocess.PIPE, text=True)
     first = subprocess.Popen(cli(workdir, data_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
-    _wait_for_step(first, workdir, 4)
+    wait_for_step(first, workdir, 4, timeout=300.0)  # metrics in a bucket: synced at each log step
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     assert paths.exists(f"{workdir}/train.lock")  # left behind by kill -9: taken over below (same host, pid gone)
